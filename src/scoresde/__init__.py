@@ -1,0 +1,48 @@
+"""scoresde: score-based generative modeling through SDEs (Song et al., ICLR 2021), in PyTorch.
+
+The public API: SDEs, the network-to-score boundary, losses, samplers, likelihood and
+inverse problems. Everything outside the networks works with ``score_fn(x, t)``.
+"""
+
+from scoresde.inverse import colorize, inpaint
+from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood, uniform_dequantize
+from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
+from scoresde.sampling import CORRECTORS, PREDICTORS, ode_sample, pc_sample, uniform_time_grid
+from scoresde.score import make_score_fn, tweedie_denoise
+from scoresde.sdes import (
+    SDE,
+    VESDE,
+    VPSDE,
+    SubVPSDE,
+    probability_flow_drift,
+    reverse_discretize,
+    reverse_sde,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CORRECTORS",
+    "PREDICTORS",
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "bits_per_dim",
+    "colorize",
+    "ddpm_loss",
+    "dequantized_bpd",
+    "dsm_loss",
+    "inpaint",
+    "log_likelihood",
+    "make_score_fn",
+    "ode_sample",
+    "pc_sample",
+    "probability_flow_drift",
+    "reverse_discretize",
+    "reverse_sde",
+    "smld_loss",
+    "tweedie_denoise",
+    "uniform_dequantize",
+    "uniform_time_grid",
+]

@@ -1,0 +1,42 @@
+"""The few tensor helpers shared by every module: broadcasting per-example values over data."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so a per-example tensor broadcasts against data.
+
+    Args:
+        v: tensor of shape ``(B,)`` (or any shape with ``v.ndim <= ndim``).
+        ndim: number of dims of the data it must broadcast against, e.g. 4 for ``(B, C, H, W)``.
+
+    Returns:
+        ``v`` viewed with shape ``(B, 1, ..., 1)`` and ``ndim`` dims.
+    """
+    if v.ndim > ndim:
+        raise ValueError(f"cannot append dims to a {v.ndim}-d tensor to reach {ndim} dims")
+    return v.reshape(*v.shape, *([1] * (ndim - v.ndim)))
+
+
+def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
+    """Return time as a ``(B,)`` tensor on ``x``'s device and dtype (a scalar is broadcast)."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def flat_sum(x: Tensor) -> Tensor:
+    """Sum over every dim but the first: ``(B, ...) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def flat_mean(x: Tensor) -> Tensor:
+    """Mean over every dim but the first: ``(B, ...) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise like ``x`` from ``generator`` (``torch.randn_like`` takes none)."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -1,0 +1,1 @@
+"""Score networks. They map ``(x, labels) -> output`` and know nothing about SDEs."""

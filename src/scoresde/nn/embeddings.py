@@ -1,0 +1,38 @@
+"""Noise-level embeddings shared by the score networks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a scalar (Tancik et al., 2020), as in NCSN++.
+
+    The frequencies ``W`` are drawn once at construction (``N(0, scale^2)``) and never trained.
+    Maps ``(B,) -> (B, 2 * embedding_size)`` as ``[sin(2 pi x W), cos(2 pi x W)]``.
+    """
+
+    def __init__(self, embedding_size: int = 256, scale: float = 1.0) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_proj = x[:, None] * self.W[None, :] * (2 * math.pi)
+        return torch.cat([torch.sin(x_proj), torch.cos(x_proj)], dim=-1)
+
+
+def sinusoidal_embedding(
+    timesteps: Tensor, embedding_dim: int, max_positions: int = 10000
+) -> Tensor:
+    """Sinusoidal embedding of ``(B,)`` timesteps as in DDPM: ``(B, embedding_dim)``."""
+    half_dim = embedding_dim // 2
+    scale = math.log(max_positions) / (half_dim - 1)
+    freqs = torch.exp(torch.arange(half_dim, dtype=torch.float32, device=timesteps.device) * -scale)
+    args = timesteps.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = nn.functional.pad(emb, (0, 1))
+    return emb

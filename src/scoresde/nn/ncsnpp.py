@@ -1,0 +1,398 @@
+"""NCSN++ / DDPM++ U-Net of Song et al. (2021), compatible with the official ``score_sde_pytorch``.
+
+The parameters live in ``all_modules``, an ``nn.ModuleList`` in exactly the official order, so an
+official state dict loads after stripping its ``module.`` prefix, and ``parameters()`` has the
+official order (that of the official EMA ``shadow_params``). The forward pass does not walk that
+list with a running index: the constructor records, per resolution, which entry plays which role
+(``_EncoderLevel`` / ``_DecoderLevel``) and ``forward`` reads those roles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from scoresde.nn.blocks import (
+    AttnBlockpp,
+    Combine,
+    Downsample,
+    ResnetBlockBigGANpp,
+    ResnetBlockDDPMpp,
+    Upsample,
+)
+from scoresde.nn.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from scoresde.nn.layers import conv3x3, get_act, group_norm, linear
+
+_SQRT2 = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class _EncoderLevel:
+    """Indices into ``all_modules`` for one resolution of the downsampling path."""
+
+    blocks: tuple[int, ...]
+    attentions: tuple[int | None, ...]
+    downsample: int | None
+    pyramid: int | None
+
+
+@dataclass(frozen=True)
+class _DecoderLevel:
+    """Indices into ``all_modules`` for one resolution of the upsampling path.
+
+    ``pyramid_norm``/``pyramid_conv`` are the GroupNorm and 3x3 conv of an ``output_skip`` level or
+    of the first ``residual`` level; later ``residual`` levels have only ``pyramid_conv``, the
+    upsampling-with-conv module of the output pyramid.
+    """
+
+    blocks: tuple[int, ...]
+    attention: int | None
+    pyramid_norm: int | None
+    pyramid_conv: int | None
+    upsample: int | None
+
+
+class NCSNpp(nn.Module):
+    """NCSN++ / DDPM++ score network ``(x: (B, C, H, W), labels: (B,)) -> (B, C, H, W)``.
+
+    Args:
+        image_size: input height and width ``H = W``; the attention resolutions refer to it.
+        num_channels: image channels ``C``.
+        nf: base channel count; level ``i`` has ``nf * ch_mult[i]`` channels, the time
+            embedding ``4 nf``.
+        ch_mult: channel multiplier per resolution (one entry per level; each level halves H).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: resolutions (side lengths) at which self-attention is applied.
+        dropout: dropout rate inside the residual blocks.
+        resamp_with_conv: DDPM-type resampling layers include a 3x3 conv.
+        resblock_type: ``'ddpm'`` (separate up/downsampling layers) or ``'biggan'`` (residual
+            blocks that resample).
+        fir: resample with the FIR filter ``fir_kernel`` instead of nearest/average pooling.
+        fir_kernel: 1-D taps of the separable FIR filter.
+        skip_rescale: divide every residual sum by sqrt 2.
+        progressive: output pyramid: ``'none'``, ``'output_skip'`` (sum of upsampled per-level
+            image predictions) or ``'residual'``.
+        progressive_input: input pyramid: ``'none'``, ``'input_skip'`` (downsampled input merged
+            with ``progressive_combine``) or ``'residual'``.
+        progressive_combine: ``'sum'`` or ``'cat'``, how ``input_skip`` merges the pyramid.
+        embedding_type: ``'fourier'`` (Gaussian Fourier features of ``log(labels)``, labels are
+            sigmas) or ``'positional'`` (sinusoidal embedding of the labels, e.g. ``999 t``).
+        fourier_scale: standard deviation of the Fourier frequencies.
+        init_scale: initialisation scale of the layers closing each residual branch (0 gives
+            1e-10, as in the official code).
+        conditional: condition on the noise level; without it the labels are ignored (except by
+            ``scale_by_sigma``).
+        scale_by_sigma: divide the output by sigma: the labels (``'fourier'``), or
+            ``sigmas[labels.long()]`` (``'positional'``).
+        centered: inputs are already in ``[-1, 1]``; otherwise ``x`` in ``[0, 1]`` is mapped to
+            ``2 x - 1``.
+        sigma_min, sigma_max, num_scales: the geometric noise levels of the ``sigmas`` buffer
+            ``(num_scales,)`` float64, from ``sigma_max`` down to ``sigma_min``.
+        nonlinearity: ``'swish'``, ``'elu'``, ``'relu'`` or ``'lrelu'``.
+        num_classes: if set, an ``nn.Embedding(num_classes, 4 nf)`` (``class_embed``, not part of
+            the official network) whose vector is added to the time embedding; ``None`` means
+            unconditional. Requires ``conditional``.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 32,
+        num_channels: int = 3,
+        nf: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        resamp_with_conv: bool = True,
+        resblock_type: str = "biggan",
+        fir: bool = True,
+        fir_kernel: Sequence[float] = (1, 3, 3, 1),
+        skip_rescale: bool = True,
+        progressive: str = "none",
+        progressive_input: str = "residual",
+        progressive_combine: str = "sum",
+        embedding_type: str = "fourier",
+        fourier_scale: float = 16.0,
+        init_scale: float = 0.0,
+        conditional: bool = True,
+        scale_by_sigma: bool = True,
+        centered: bool = False,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_scales: int = 1000,
+        nonlinearity: str = "swish",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        resblock_type, embedding_type = resblock_type.lower(), embedding_type.lower()
+        progressive, progressive_input = progressive.lower(), progressive_input.lower()
+        progressive_combine = progressive_combine.lower()
+        _check("resblock_type", resblock_type, ("ddpm", "biggan"))
+        _check("progressive", progressive, ("none", "output_skip", "residual"))
+        _check("progressive_input", progressive_input, ("none", "input_skip", "residual"))
+        _check("progressive_combine", progressive_combine, ("sum", "cat"))
+        _check("embedding_type", embedding_type, ("fourier", "positional"))
+        if num_classes is not None and not conditional:
+            raise ValueError("num_classes needs conditional=True (added to the time embedding)")
+        if image_size % 2 ** (len(ch_mult) - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{len(ch_mult) - 1}")
+
+        sigmas = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
+        self.register_buffer("sigmas", torch.tensor(sigmas))
+        self.act = get_act(nonlinearity)
+        self.nf = nf
+        self.scale_by_sigma = scale_by_sigma
+        self.centered = centered
+        self.embedding_type = embedding_type
+        self.resblock_type = resblock_type
+        self.progressive = progressive
+        self.progressive_input = progressive_input
+        self.skip_rescale = skip_rescale
+        temb_dim = 4 * nf
+        b = _Builder(
+            act=self.act,
+            image_channels=num_channels,
+            nf=nf,
+            channels=[nf * mult for mult in ch_mult],
+            attn_levels=[image_size // 2**i in attn_resolutions for i in range(len(ch_mult))],
+            num_res_blocks=num_res_blocks,
+            temb_dim=temb_dim,
+            dropout=dropout,
+            resblock_type=resblock_type,
+            resamp_with_conv=resamp_with_conv,
+            fir=fir,
+            fir_kernel=tuple(fir_kernel),
+            skip_rescale=skip_rescale,
+            init_scale=init_scale,
+        )
+
+        self._fourier = None
+        if embedding_type == "fourier":
+            self._fourier = b.add(GaussianFourierProjection(embedding_size=nf, scale=fourier_scale))
+        self._temb_dense = None
+        if conditional:
+            embed_dim = 2 * nf if embedding_type == "fourier" else nf
+            self._temb_dense = (
+                b.add(linear(embed_dim, temb_dim)),
+                b.add(linear(temb_dim, temb_dim)),
+            )
+        if progressive == "output_skip":
+            self.pyramid_upsample = Upsample(fir=fir, fir_kernel=fir_kernel, with_conv=False)
+        if progressive_input == "input_skip":
+            self.pyramid_downsample = Downsample(fir=fir, fir_kernel=fir_kernel, with_conv=False)
+
+        self._input_conv = b.add(conv3x3(num_channels, nf))
+        self._encoder, skips = b.encoder(progressive_input, progressive_combine)
+        in_ch = skips[-1]
+        self._middle = (b.resnet(in_ch), b.attention(in_ch), b.resnet(in_ch))
+        self._decoder = b.decoder(progressive, in_ch, skips)
+        self._output = None
+        if progressive != "output_skip":
+            out_ch = b.channels[0]
+            self._output = (
+                b.add(group_norm(out_ch)),
+                b.add(conv3x3(out_ch, num_channels, init_scale=init_scale)),
+            )
+        self.all_modules = nn.ModuleList(b.modules)
+        self.class_embed = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
+
+    def _residual_sum(self, a: Tensor, b: Tensor) -> Tensor:
+        return (a + b) / _SQRT2 if self.skip_rescale else a + b
+
+    def _change_level(self, index: int, h: Tensor, temb: Tensor | None) -> Tensor:
+        """Apply a between-level resampler: a BigGAN block (takes ``temb``) or a plain layer."""
+        module = self.all_modules[index]
+        return module(h, temb) if self.resblock_type == "biggan" else module(h)
+
+    def _embed(self, labels: Tensor, class_labels: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """Time embedding ``(B, 4 nf)`` (or ``None``) and the sigmas ``(B,)`` used for scaling."""
+        m = self.all_modules
+        if self.embedding_type == "fourier":
+            used_sigmas = labels
+            temb = m[self._fourier](torch.log(labels))
+        else:
+            used_sigmas = self.sigmas[labels.long()] if self.scale_by_sigma else labels
+            temb = sinusoidal_embedding(labels, self.nf)
+        if self._temb_dense is None:
+            return None, used_sigmas
+        temb = m[self._temb_dense[1]](self.act(m[self._temb_dense[0]](temb)))
+        if self.class_embed is not None and class_labels is not None:
+            temb = temb + self.class_embed(class_labels)
+        return temb, used_sigmas
+
+    def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Network output for images ``x (B, C, H, W)`` at noise ``labels (B,)``.
+
+        ``labels`` are the official ``time_cond``: sigmas for the Fourier embedding, (possibly
+        fractional) noise-level indices such as ``999 t`` for the positional one.
+        ``class_labels (B,)`` (int64) is only used when ``num_classes`` was given; ``None`` leaves
+        the time embedding unchanged. Returns ``(B, C, H, W)``, divided by sigma if
+        ``scale_by_sigma``.
+        """
+        m = self.all_modules
+        temb, used_sigmas = self._embed(labels, class_labels)
+        if not self.centered:
+            x = 2 * x - 1.0
+
+        input_pyramid = x
+        hs = [m[self._input_conv](x)]
+        for level in self._encoder:
+            for block, attn in zip(level.blocks, level.attentions, strict=True):
+                h = m[block](hs[-1], temb)
+                hs.append(m[attn](h) if attn is not None else h)
+            if level.downsample is None:
+                continue
+            h = self._change_level(level.downsample, hs[-1], temb)
+            if self.progressive_input == "input_skip":
+                input_pyramid = self.pyramid_downsample(input_pyramid)
+                h = m[level.pyramid](input_pyramid, h)
+            elif self.progressive_input == "residual":
+                input_pyramid = self._residual_sum(m[level.pyramid](input_pyramid), h)
+                h = input_pyramid
+            hs.append(h)
+
+        block_a, attn, block_b = self._middle
+        h = m[block_b](m[attn](m[block_a](hs[-1], temb)), temb)
+
+        pyramid = None
+        for level in self._decoder:
+            for block in level.blocks:
+                h = m[block](torch.cat([h, hs.pop()], dim=1), temb)
+            if level.attention is not None:
+                h = m[level.attention](h)
+            if self.progressive == "output_skip":
+                pyramid_h = m[level.pyramid_conv](self.act(m[level.pyramid_norm](h)))
+                pyramid = (
+                    pyramid_h if pyramid is None else self.pyramid_upsample(pyramid) + pyramid_h
+                )
+            elif self.progressive == "residual" and level.pyramid_norm is not None:
+                pyramid = m[level.pyramid_conv](self.act(m[level.pyramid_norm](h)))
+            elif self.progressive == "residual":
+                pyramid = self._residual_sum(m[level.pyramid_conv](pyramid), h)
+                h = pyramid
+            if level.upsample is not None:
+                h = self._change_level(level.upsample, h, temb)
+
+        if self._output is None:
+            h = pyramid
+        else:
+            norm, conv = self._output
+            h = m[conv](self.act(m[norm](h)))
+        if self.scale_by_sigma:
+            h = h / used_sigmas.to(h.dtype).reshape(-1, *([1] * (h.ndim - 1)))
+        return h
+
+
+@dataclass
+class _Builder:
+    """Creates the blocks with the network-wide options, appending each to the official module
+    list ``modules`` (the future ``all_modules``); the methods return indices into it."""
+
+    act: nn.Module
+    image_channels: int
+    nf: int
+    channels: list[int]
+    attn_levels: list[bool]
+    num_res_blocks: int
+    temb_dim: int
+    dropout: float
+    resblock_type: str
+    resamp_with_conv: bool
+    fir: bool
+    fir_kernel: tuple[float, ...]
+    skip_rescale: bool
+    init_scale: float
+    modules: list[nn.Module] = field(default_factory=list)
+
+    def add(self, module: nn.Module) -> int:
+        self.modules.append(module)
+        return len(self.modules) - 1
+
+    def resnet(
+        self, in_ch: int, out_ch: int | None = None, *, up: bool = False, down: bool = False
+    ) -> int:
+        """A residual block; ``up``/``down`` (BigGAN blocks only) resample by 2."""
+        opts = {"temb_dim": self.temb_dim, "dropout": self.dropout, "init_scale": self.init_scale}
+        opts["skip_rescale"] = self.skip_rescale
+        if self.resblock_type == "ddpm":
+            return self.add(ResnetBlockDDPMpp(self.act, in_ch, out_ch, **opts))
+        opts.update(up=up, down=down, fir=self.fir, fir_kernel=self.fir_kernel)
+        return self.add(ResnetBlockBigGANpp(self.act, in_ch, out_ch, **opts))
+
+    def attention(self, channels: int) -> int:
+        return self.add(
+            AttnBlockpp(channels, skip_rescale=self.skip_rescale, init_scale=self.init_scale)
+        )
+
+    def resample(self, in_ch: int, out_ch: int | None = None, *, up: bool, with_conv: bool) -> int:
+        """A 2x ``Upsample`` (``up``) or ``Downsample`` layer with the network's FIR setting."""
+        cls = Upsample if up else Downsample
+        return self.add(
+            cls(in_ch, out_ch, with_conv=with_conv, fir=self.fir, fir_kernel=self.fir_kernel)
+        )
+
+    def level_change(self, in_ch: int, *, up: bool) -> int:
+        """The resampler between two levels: a resampling BigGAN block or a DDPM-type layer."""
+        if self.resblock_type == "biggan":
+            return self.resnet(in_ch, up=up, down=not up)
+        return self.resample(in_ch, up=up, with_conv=self.resamp_with_conv)
+
+    def encoder(
+        self, progressive_input: str, combine: str
+    ) -> tuple[tuple[_EncoderLevel, ...], list[int]]:
+        """Downsampling path. Returns its levels and the channel counts of the skip connections."""
+        skips, in_ch, pyramid_ch, levels = [self.nf], self.nf, self.image_channels, []
+        for level, out_ch in enumerate(self.channels):
+            blocks, attns = [], []
+            for _ in range(self.num_res_blocks):
+                blocks.append(self.resnet(in_ch, out_ch))
+                in_ch = out_ch
+                attns.append(self.attention(in_ch) if self.attn_levels[level] else None)
+                skips.append(in_ch)
+            down = pyramid = None
+            if level != len(self.channels) - 1:
+                down = self.level_change(in_ch, up=False)
+                if progressive_input == "input_skip":
+                    pyramid = self.add(Combine(pyramid_ch, in_ch, method=combine))
+                    in_ch *= 2 if combine == "cat" else 1
+                elif progressive_input == "residual":
+                    pyramid = self.resample(pyramid_ch, in_ch, up=False, with_conv=True)
+                    pyramid_ch = in_ch
+                skips.append(in_ch)
+            levels.append(_EncoderLevel(tuple(blocks), tuple(attns), down, pyramid))
+        return tuple(levels), skips
+
+    def decoder(self, progressive: str, in_ch: int, skips: list[int]) -> tuple[_DecoderLevel, ...]:
+        """Upsampling path (consumes ``skips``)."""
+        levels, pyramid_ch, top = [], 0, len(self.channels) - 1
+        for level in reversed(range(len(self.channels))):
+            blocks = []
+            for _ in range(self.num_res_blocks + 1):
+                blocks.append(self.resnet(in_ch + skips.pop(), self.channels[level]))
+                in_ch = self.channels[level]
+            attn = self.attention(in_ch) if self.attn_levels[level] else None
+            norm = conv = None
+            if progressive == "output_skip":
+                norm = self.add(group_norm(in_ch))
+                conv = self.add(conv3x3(in_ch, self.image_channels, init_scale=self.init_scale))
+            elif progressive == "residual" and level == top:
+                norm, conv = self.add(group_norm(in_ch)), self.add(conv3x3(in_ch, in_ch))
+                pyramid_ch = in_ch
+            elif progressive == "residual":
+                conv = self.resample(pyramid_ch, in_ch, up=True, with_conv=True)
+                pyramid_ch = in_ch
+            up = self.level_change(in_ch, up=True) if level != 0 else None
+            levels.append(_DecoderLevel(tuple(blocks), attn, norm, conv, up))
+        assert not skips, "unused skip connections"
+        return tuple(levels)
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -1,0 +1,274 @@
+"""The forward SDEs of the paper and the reverse-time processes built from a score function.
+
+Each SDE ``dx = f(x, t) dt + g(t) dw`` (Song et al., 2021, eq. 5) is a small frozen object with
+closed-form pieces: drift and diffusion, the Gaussian perturbation kernel
+``p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)`` (appendix B), the prior ``p_T`` and the discrete-time
+SMLD/DDPM updates it generalises (appendix B and eq. 45-47). The reverse-time SDE (eq. 6) and the
+probability-flow ODE (eq. 13) are plain functions of ``(sde, score_fn)``.
+
+Shapes: data ``x`` is ``(B, ...)`` (vectors ``(B, D)`` and images ``(B, C, H, W)`` alike) and time
+``t`` is ``(B,)``; per-example coefficients are ``(B,)`` and broadcast with ``append_dims``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from scoresde._tensor import append_dims, flat_sum
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _index(t: Tensor, N: int, T: float) -> Tensor:
+    """Discretisation index ``floor(t (N - 1) / T)`` of the official code, ``(B,)`` long."""
+    return (t * (N - 1) / T).long()
+
+
+def _lookup(table: Tensor, idx: Tensor, like: Tensor) -> Tensor:
+    return table.to(device=like.device)[idx.to(like.device)].to(like.dtype)
+
+
+class SDE:
+    """Shared behaviour of the paper's SDEs; subclasses give the closed forms.
+
+    Subclasses define ``T``, ``N``, ``sde``, ``marginal_coeffs``, ``prior_std``, ``discretize``,
+    ``network_labels``, ``langevin_alpha`` and ``default_parametrization``.
+    """
+
+    T: float = 1.0
+    N: int
+    prior_std: float = 1.0
+    default_parametrization: str = "score"
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m(t), s(t))`` of the perturbation kernel ``N(m(t) x_0, s(t)^2 I)``, each ``(B,)``."""
+        raise NotImplementedError
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, ...)`` and std ``(B,)`` of ``p_0t(x_t | x_0)`` (appendix B)."""
+        mean_coeff, std = self.marginal_coeffs(t)
+        return append_dims(mean_coeff, x0.ndim) * x0, std
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """``g(t)``, shape ``(B,)``."""
+        return self.sde(torch.zeros_like(t), t)[1]
+
+    def prior_sampling(self, shape, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+        """Draw ``x_T ~ N(0, prior_std^2 I)`` of ``shape`` (``kwargs``: ``device``, ``dtype``)."""
+        return torch.randn(*shape, generator=generator, **kwargs) * self.prior_std
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """Log-density ``(B,)`` of ``z`` under the prior ``N(0, prior_std^2 I)``."""
+        D = z[0].numel()
+        var = self.prior_std**2
+        return -0.5 * D * math.log(2 * math.pi * var) - flat_sum(z**2) / (2 * var)
+
+
+@dataclass(frozen=True, eq=True)
+class VESDE(SDE):
+    """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw`` (eq. 9), the limit of SMLD.
+
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``. ``N`` is the number of discrete noise scales
+    of the matching SMLD model (and the default number of sampling steps).
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+    T: float = 1.0
+    default_parametrization = "score"
+
+    @property
+    def prior_std(self) -> float:  # type: ignore[override]
+        return self.sigma_max
+
+    @cached_property
+    def discrete_sigmas(self) -> Tensor:
+        """The SMLD noise scales ``sigma_0 < ... < sigma_{N-1}``, ``(N,)``, geometric."""
+        return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift ``0`` and diffusion ``sigma(t) sqrt(2 log(sigma_max / sigma_min))``."""
+        g = self.sigma(t) * math.sqrt(2 * (math.log(self.sigma_max) - math.log(self.sigma_min)))
+        return torch.zeros_like(x), g
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), self.sigma(t)
+
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
+        """SMLD update ``x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z`` as ``(f, G)`` (eq. 45).
+
+        Without ``t_next`` this is the official discretisation: ``t`` is mapped to the table
+        index ``floor(t (N - 1) / T)`` and the previous scale is ``sigma_{-1} = 0``. With
+        ``t_next < t`` the step goes between the exact noise levels ``sigma(t_next)`` and
+        ``sigma(t)``, so any time grid works. Returns ``f`` like ``x`` and ``G`` ``(B,)``.
+        """
+        if t_next is None:
+            idx = _index(t, self.N, self.T)
+            sigma = _lookup(self.discrete_sigmas, idx, t)
+            prev = _lookup(self.discrete_sigmas, (idx - 1).clamp(min=0), t)
+            prev = torch.where(idx == 0, torch.zeros_like(prev), prev)
+        else:
+            sigma, prev = self.sigma(t), self.sigma(t_next)
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
+
+    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
+        """What a VE network is conditioned on: ``sigma(t)``, or the NCSN noise index (discrete).
+
+        Discrete NCSN models index their scales from the largest (index 0 at ``t = T``).
+        """
+        if continuous:
+            return self.sigma(t)
+        return torch.round((self.T - t) * (self.N - 1)).long()
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """The ``alpha_i`` of the Langevin step size (Algorithm 4): one for VE."""
+        return torch.ones_like(t)
+
+
+@dataclass(frozen=True, eq=True)
+class _BetaSchedule(SDE):
+    """The linear ``beta(t) = beta_min + t (beta_max - beta_min)`` shared by VP and sub-VP."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+    T: float = 1.0
+    default_parametrization = "eps"
+
+    @cached_property
+    def discrete_betas(self) -> Tensor:
+        """DDPM's ``beta_1 .. beta_N = linspace(beta_min / N, beta_max / N, N)``, ``(N,)``."""
+        return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+    @cached_property
+    def alphas(self) -> Tensor:
+        return 1.0 - self.discrete_betas
+
+    @cached_property
+    def alphas_cumprod(self) -> Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """``log m(t) = -1/2 int_0^t beta(s) ds``, ``(B,)``."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """DDPM's ``alpha_i = 1 - beta_i`` at ``t``'s discretisation index (Algorithm 5)."""
+        return _lookup(self.alphas, _index(t, self.N, self.T), t)
+
+    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
+        """What a VP network is conditioned on: ``999 t`` (continuous) or the DDPM index."""
+        if continuous:
+            return t * 999
+        return t * (self.N - 1)
+
+
+class VPSDE(_BetaSchedule):
+    """Variance-preserving SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw`` (eq. 11): DDPM."""
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        beta = self.beta(t)
+        return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta)
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``m(t) = exp(log_mean_coeff)``, ``s(t) = sqrt(1 - m(t)^2)`` (eq. 29)."""
+        lmc = self.log_mean_coeff(t)
+        return torch.exp(lmc), torch.sqrt(-torch.expm1(2 * lmc))
+
+    def discrete_std(self, t: Tensor) -> Tensor:
+        """DDPM's ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)`` for discrete noise networks.
+
+        (The official code floors; rounding keeps ``t_i = i / (N - 1)`` on index ``i`` exactly.)
+        """
+        idx = torch.round(self.network_labels(t, continuous=False)).long()
+        return _lookup(torch.sqrt(1.0 - self.alphas_cumprod), idx, t)
+
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
+        """DDPM update ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` as ``(f, G)`` (eq. 46).
+
+        Without ``t_next``, ``beta_i`` is read from the DDPM table at ``floor(t (N-1) / T)``
+        (official); with ``t_next < t`` it is the exact ``1 - alpha_bar(t) / alpha_bar(t_next)``
+        of the continuous schedule, so any time grid works.
+        """
+        if t_next is None:
+            beta = _lookup(self.discrete_betas, _index(t, self.N, self.T), t)
+        else:
+            beta = -torch.expm1(2 * (self.log_mean_coeff(t) - self.log_mean_coeff(t_next)))
+        f = append_dims(torch.sqrt(1.0 - beta), x.ndim) * x - x
+        return f, torch.sqrt(beta)
+
+
+class SubVPSDE(_BetaSchedule):
+    """Sub-VP SDE ``dx = -1/2 beta x dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw`` (eq. 14)."""
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        beta = self.beta(t)
+        discount = -torch.expm1(4 * self.log_mean_coeff(t))
+        return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta * discount)
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``m(t)`` as VP, ``s(t) = 1 - m(t)^2`` (eq. 30)."""
+        lmc = self.log_mean_coeff(t)
+        return torch.exp(lmc), -torch.expm1(2 * lmc)
+
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
+        """Euler-Maruyama ``f = drift dt``, ``G = g sqrt(dt)``, ``dt = T / N`` or ``t - t_next``."""
+        dt = torch.full_like(t, self.T / self.N) if t_next is None else t - t_next
+        drift, g = self.sde(x, t)
+        return drift * append_dims(dt, x.ndim), g * torch.sqrt(dt)
+
+    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
+        if not continuous:
+            raise ValueError("the sub-VP SDE has no discrete-time model; use continuous=True")
+        return t * 999
+
+
+def reverse_sde(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, *, probability_flow: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Drift and diffusion of the reverse-time SDE (eq. 6), or of the probability-flow ODE (eq. 13).
+
+    Reverse SDE: ``dx = [f - g^2 score] dt + g dw_bar``; ODE: ``dx = [f - g^2 score / 2] dt``.
+    Returns drift like ``x`` and diffusion ``(B,)`` (zeros for the ODE).
+    """
+    drift, g = sde.sde(x, t)
+    weight = 0.5 if probability_flow else 1.0
+    drift = drift - append_dims(g**2, x.ndim) * score_fn(x, t) * weight
+    return drift, torch.zeros_like(g) if probability_flow else g
+
+
+def probability_flow_drift(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    """The probability-flow ODE's velocity ``f(x, t) - g(t)^2 score(x, t) / 2`` (eq. 13)."""
+    return reverse_sde(sde, score_fn, x, t, probability_flow=True)[0]
+
+
+def reverse_discretize(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    t_next: Tensor | None = None,
+    *,
+    probability_flow: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The reverse of ``sde.discretize`` (reverse diffusion, eq. 47): ``f - G^2 score``, ``G``.
+
+    For the probability flow the score term is halved and ``G`` is zero.
+    """
+    f, G = sde.discretize(x, t, t_next)
+    weight = 0.5 if probability_flow else 1.0
+    rev_f = f - append_dims(G**2, x.ndim) * score_fn(x, t) * weight
+    return rev_f, torch.zeros_like(G) if probability_flow else G

@@ -1,0 +1,1 @@
+"""Training: the loop, EMA of weights and atomic safetensors checkpoints."""

@@ -1,0 +1,124 @@
+"""The training loop: denoising score matching with Adam, warmup, clipping and EMA."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
+from scoresde.config import Config, config_from_dict, config_to_dict, save_config
+from scoresde.data.pipeline import data_shape, load_split, to_model_scale
+from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
+from scoresde.training.ema import EMA
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained network, its EMA and the loss curve."""
+
+    model: nn.Module
+    ema: EMA
+    checkpoint: Path
+    steps: int
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+def warmup_lr(step: int, lr: float, warmup: int) -> float:
+    """Linear warmup ``lr min(1, (step + 1) / warmup)`` (the official code starts at 0)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def train(
+    cfg: Config, workdir: str | Path, *, progress: bool = True, resume: bool = True
+) -> TrainResult:
+    """Train a score model as ``cfg`` says, writing ``config.json`` and a checkpoint to ``workdir``.
+
+    Training runs for ``cfg.train.steps`` steps or ``cfg.train.minutes`` of wall time, whichever
+    comes first. With ``resume`` an existing checkpoint in ``workdir`` (from the same config)
+    is continued bit-exactly from its step.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    tc = cfg.train
+    data = load_split(cfg.data, "train").to(device)
+    sde = build_sde(cfg.sde)
+    model = build_model(cfg.model, data_shape(cfg.data)).to(device)
+    ema = EMA(model, tc.ema_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    loss_fn = build_loss(cfg, sde)
+    score_fn = build_score_fn(model, sde, cfg.model)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ckpt_path = workdir / CHECKPOINT_NAME
+    step = 0
+    if resume and ckpt_path.exists():
+        step = _restore(ckpt_path, cfg, model, ema, optimizer, generator)
+    save_config(cfg, workdir / "config.json")
+
+    losses: list[tuple[int, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=tc.steps, initial=step, desc="training", disable=not progress)
+    model.train()
+    while step < tc.steps:
+        # One optimisation step on a fresh minibatch.
+        idx = torch.randint(0, data.shape[0], (tc.batch_size,), device=device, generator=generator)
+        x0 = to_model_scale(data[idx], cfg.data, generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_lr(step, tc.lr, tc.warmup)
+        loss = loss_fn(score_fn, x0, generator).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        ema.update(model)
+        step += 1
+        bar.update(1)
+        # Logging and checkpoints; .item() is a device sync, so only every log_every steps.
+        if step % tc.log_every == 0 or step == tc.steps:
+            losses.append((step, loss.item()))
+            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            _save(ckpt_path, cfg, model, ema, optimizer, generator, step)
+        if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
+            break
+    bar.close()
+    model.eval()
+    _save(ckpt_path, cfg, model, ema, optimizer, generator, step)
+    seconds = time.perf_counter() - start
+    return TrainResult(model, ema, ckpt_path, step, seconds, losses)
+
+
+def _save(path, cfg, model, ema, optimizer, generator, step) -> None:
+    save_checkpoint(
+        path,
+        model=model.state_dict(),
+        ema=ema.state_dict(),
+        optimizer=optimizer.state_dict(),
+        step=step,
+        config=config_to_dict(cfg),
+        extra={"rng_state": generator.get_state().tolist()},
+    )
+
+
+def _restore(path, cfg, model, ema, optimizer, generator) -> int:
+    ckpt = load_checkpoint(path)
+    if config_from_dict(ckpt.config).model != cfg.model:
+        raise ValueError(f"{path} was trained with another model config; use a new workdir")
+    model.load_state_dict(ckpt.model)
+    if ckpt.ema is not None:
+        ema.load_state_dict(ckpt.ema)
+    if ckpt.optimizer is not None:
+        optimizer.load_state_dict(ckpt.optimizer)
+    rng = (ckpt.extra or {}).get("rng_state")
+    if rng is not None:
+        generator.set_state(torch.tensor(rng, dtype=torch.uint8))
+    return ckpt.step

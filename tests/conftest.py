@@ -1,0 +1,91 @@
+"""Shared fixtures: the official reference vectors, and single-threaded torch for small tensors."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoresde.data.mixture import GaussianMixture
+
+
+def reference_dir() -> Path:
+    """The reference folder: ``$SCORESDE_REFERENCE_DIR``, else ``<repo>/../shared/reference``."""
+    env = os.environ.get("SCORESDE_REFERENCE_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_path():
+    """A function ``name -> Path`` inside the reference folder; skips when the file is absent."""
+
+    def path(name: str) -> Path:
+        p = reference_dir() / name
+        if not p.is_file():
+            pytest.skip(
+                f"official reference file {p} is absent (set SCORESDE_REFERENCE_DIR to the folder "
+                "holding the reference vectors, normally ../shared/reference)"
+            )
+        return p
+
+    return path
+
+
+@pytest.fixture(scope="session")
+def sde_reference(reference_path):
+    """``sde.pt``: the official SDE outputs on fixed inputs (see shared/reference/README.md)."""
+    return torch.load(reference_path("sde.pt"), weights_only=True)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one intra-op thread (small tensors: threads only add overhead)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------
+# A check that samples follow a Gaussian mixture (whose perturbed scores are closed form)
+# --------------------------------------------------------------------------------------------
+
+
+def check_mixture_samples(
+    x: torch.Tensor, mix: GaussianMixture, *, weight_bias: float, mean_bias: float,
+    std_bias: float,
+) -> None:
+    """Assert the samples' first-component weight and each mode's mean and (pooled) std match
+    ``mix`` within 4 Monte-Carlo standard errors plus the given allowances for sampler bias."""
+    assert torch.isfinite(x).all()
+    n, d = x.shape
+    # assign each sample to its most probable component (Bayes rule under the clean mixture)
+    log_r = torch.stack([
+        math.log(w) - ((x - mu) ** 2).sum(1) / (2 * sd**2) - d * math.log(sd)
+        for w, mu, sd in zip(mix.weights.tolist(), mix.means, mix.stds.tolist(), strict=True)
+    ], 1)
+    k = log_r.argmax(1)
+    w0 = float((k == 0).double().mean())
+    w_true = float(mix.weights[0])
+    assert abs(w0 - w_true) < 4 * math.sqrt(w_true * (1 - w_true) / n) + weight_bias, w0
+    for j in range(len(mix.weights)):
+        xs = x[k == j]
+        nj, sd = xs.shape[0], float(mix.stds[j])
+        err_mean = (xs.mean(0) - mix.means[j]).abs().max()
+        assert float(err_mean) < 4 * sd / math.sqrt(nj) + mean_bias, (j, xs.mean(0))
+        pooled_std = float(((xs - xs.mean(0)) ** 2).sum() / (xs.numel() - d)) ** 0.5
+        rel_se = 1 / math.sqrt(2 * xs.numel())
+        assert abs(pooled_std / sd - 1) < 4 * rel_se + std_bias, (j, pooled_std, sd)
+
+
+@pytest.fixture(scope="session")
+def check_mixture():
+    """:func:`check_mixture_samples` as a fixture (test modules do not import each other)."""
+    return check_mixture_samples

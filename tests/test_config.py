@@ -1,0 +1,106 @@
+"""Typed configs: presets build, overrides are type-checked, JSON round trips."""
+
+import json
+
+import pytest
+import torch
+
+from scoresde.build import build_loss, build_model, build_sde, pc_options
+from scoresde.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from scoresde.data.pipeline import data_shape
+from scoresde.presets import PRESETS, get_preset
+from scoresde.sdes import VESDE, VPSDE, SubVPSDE
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_round_trips(name, tmp_path):
+    cfg = get_preset(name)
+    shape = data_shape(cfg.data)
+    model = build_model(cfg.model, shape)
+    sde = build_sde(cfg.sde)
+    x = torch.zeros(2, *shape)
+    labels = sde.network_labels(torch.full((2,), 0.5))
+    assert model(x, labels).shape == x.shape
+    pc_options(cfg.sample)
+    assert load_config(save_config(cfg, tmp_path / "c.json")) == cfg
+
+
+def test_sde_kinds_map_to_classes():
+    kinds = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+    for kind, cls in kinds.items():
+        assert type(build_sde(Config().sde.__class__(kind=kind))) is cls
+    with pytest.raises(ValueError, match="unknown sde 'xx'"):
+        build_sde(Config().sde.__class__(kind="xx"))
+
+
+def test_overrides_convert_to_declared_types():
+    cfg = apply_overrides(
+        Config(),
+        [
+            "train.lr=1e-4",
+            "train.steps=12",
+            "model.channel_mults=1,2,2",
+            "data.centered=false",
+            "sample.predictor=euler_maruyama",
+            "seed=7",
+        ],
+    )
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.steps == 12 and isinstance(cfg.train.steps, int)
+    assert cfg.model.channel_mults == (1, 2, 2)
+    assert cfg.data.centered is False
+    assert cfg.sample.predictor == "euler_maruyama"
+    assert cfg.seed == 7
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'"),
+        ("nosection.x=1", "unknown config key"),
+        ("train.steps=ten", "cannot parse 'ten' as int"),
+        ("data.centered=maybe", "cannot parse 'maybe' as bool"),
+        ("train=3", "unknown config key 'train'"),
+        ("train.steps", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_raise_one_line_errors(bad, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        apply_overrides(Config(), [bad])
+    assert "\n" not in str(info.value)
+
+
+def test_config_from_dict_rejects_unknown_keys(tmp_path):
+    d = config_to_dict(Config())
+    d["train"]["typo"] = 1
+    with pytest.raises(ConfigError, match="typo"):
+        config_from_dict(d)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.json")
+    assert json.loads(json.dumps(config_to_dict(Config())))["model"]["channel_mults"] == [1, 2]
+
+
+def test_discrete_losses_need_ve_or_vp():
+    cfg = apply_overrides(get_preset("digits_vp"), ["model.continuous=false"])
+    build_loss(cfg, build_sde(cfg.sde))
+    cfg = apply_overrides(cfg, ["sde.kind=subvp"])
+    with pytest.raises(ValueError, match="discrete-time training"):
+        build_loss(cfg, build_sde(cfg.sde))
+
+
+def test_unknown_sampler_names_are_rejected():
+    cfg = apply_overrides(Config(), ["sample.corrector=langevinn"])
+    with pytest.raises(ValueError, match="unknown corrector 'langevinn'"):
+        pc_options(cfg.sample)
