@@ -89,3 +89,26 @@ def check_mixture_samples(
 def check_mixture():
     """:func:`check_mixture_samples` as a fixture (test modules do not import each other)."""
     return check_mixture_samples
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10_tarball(tmp_path_factory):
+    """A tiny ``cifar-10-python.tar.gz`` in the real layout: 5 train batches + test, 8 images each."""
+    import io
+    import pickle
+    import tarfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("cifar10") / "cifar-10-python.tar.gz"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    with tarfile.open(path, "w:gz") as tar:
+        for name in names:
+            batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                     b"labels": rng.integers(0, 10, 8).tolist()}
+            payload = pickle.dumps(batch, protocol=4)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path

@@ -24,7 +24,7 @@ from scoresde.sdes import VESDE, VPSDE, SubVPSDE
 def test_every_preset_builds_and_round_trips(name, tmp_path):
     cfg = get_preset(name)
     shape = data_shape(cfg.data)
-    model = build_model(cfg.model, shape)
+    model = build_model(cfg)
     sde = build_sde(cfg.sde)
     x = torch.zeros(2, *shape)
     labels = sde.network_labels(torch.full((2,), 0.5))
@@ -47,7 +47,7 @@ def test_overrides_convert_to_declared_types():
         [
             "train.lr=1e-4",
             "train.steps=12",
-            "model.channel_mults=1,2,2",
+            "model.ch_mult=1,2,2",
             "data.centered=false",
             "sample.predictor=euler_maruyama",
             "seed=7",
@@ -55,7 +55,7 @@ def test_overrides_convert_to_declared_types():
     )
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 12 and isinstance(cfg.train.steps, int)
-    assert cfg.model.channel_mults == (1, 2, 2)
+    assert cfg.model.ch_mult == (1, 2, 2)
     assert cfg.data.centered is False
     assert cfg.sample.predictor == "euler_maruyama"
     assert cfg.seed == 7
@@ -89,7 +89,7 @@ def test_config_from_dict_rejects_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.json")
-    assert json.loads(json.dumps(config_to_dict(Config())))["model"]["channel_mults"] == [1, 2]
+    assert json.loads(json.dumps(config_to_dict(Config())))["model"]["ch_mult"] == [1, 2]
 
 
 def test_discrete_losses_need_ve_or_vp():

@@ -99,19 +99,12 @@ def test_project_known():
 # --------------------------------------------------------------------------------------------
 
 
-# The colour basis is stored in float32 (``_COLOR_BASIS`` is built with the default dtype), so it is
-# orthonormal only to ~7e-8: in float64, couple/decouple invert each other and colorize keeps the
-# grey level only to float32 rounding. The checks below hold at each dtype's own precision where
-# the implementation allows it; the float64 one is a known failure until the basis is float64.
+# The colour basis is stored in float64 and cast to the data's dtype, so couple/decouple invert each
+# other to each dtype's own rounding.
 BASIS_TOL = {torch.float32: 1e-6, F64: 1e-12}
 
 
-@pytest.mark.parametrize("dtype", [
-    torch.float32,
-    pytest.param(F64, marks=pytest.mark.xfail(
-        strict=True, reason="src bug: inverse._COLOR_BASIS is float32, so the basis is "
-        "orthonormal only to ~1e-7 in float64")),
-])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_couple_decouple_roundtrip_and_basis(dtype):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, 2, 3, generator=gen, dtype=dtype)
@@ -127,7 +120,6 @@ def test_couple_decouple_roundtrip_and_basis(dtype):
     torch.testing.assert_close(decouple(grey)[:, 1:], torch.zeros_like(y[:, 1:]), **tol)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: inverse._COLOR_BASIS is float32")
 def test_colorize_keeps_grey_exactly_in_float64():
     sde = VESDE()
     grey = torch.tensor([0.3, -0.7], dtype=F64).reshape(2, 1, 1, 1)
@@ -148,8 +140,7 @@ def test_colorize_keeps_grey_and_samples_the_chroma():
     grey = (0.1 + 0.3 * torch.randn(n, 1, 1, 1, generator=gen, dtype=F64))
     out = colorize(sde, score_fn, grey, generator=torch.Generator().manual_seed(1), num_steps=200)
     assert out.shape == (n, 3, 1, 1)
-    # exact up to the float32 colour basis (see test_colorize_keeps_grey_exactly_in_float64)
-    torch.testing.assert_close(out.mean(1, keepdim=True), grey, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.mean(1, keepdim=True), grey, rtol=0, atol=1e-10)
     chroma = decouple(out)[:, 1:, 0, 0]
     target = decouple(mu.reshape(1, 3, 1, 1))[0, 1:, 0, 0]
     err_mean = (chroma.mean(0) - target).abs().max()

@@ -3,7 +3,9 @@
 The mixture's perturbed score is closed form, so a correct sampler must reproduce the mixture:
 its weight (within Monte-Carlo error) and each mode's mean and std (within Monte-Carlo error plus
 the sampler's discretisation bias, which was measured with 10x more samples to be below 1% on the
-weight, 0.01 on the means and 3.5% on the stds for the settings below). Single steps and the
+weight, 0.01 on the means and 3.5% on the stds for the settings below; with the Langevin
+corrector ~2.5% of that std bias is its own stationary inflation, exact in
+``test_langevin_corrector_stationary_variance``). Single steps and the
 correctors' stationary laws are checked against exact formulas.
 """
 

@@ -10,6 +10,15 @@ from scoresde.nn.mlp import ScoreMLP
 from scoresde.nn.unet import SmallUNet
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: extra intra-op threads only add overhead (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _randomize(net: nn.Module, seed: int = 0) -> nn.Module:
     """Replace every trainable parameter (zero-initialised ones included) by small noise."""
     g = torch.Generator().manual_seed(seed)
@@ -145,6 +154,7 @@ def test_mlp_shape_zero_init_and_params():
 @pytest.mark.parametrize(
     ("embedding_type", "label_scale"), [("fourier", 1.0), ("positional", 100.0)]
 )
+@pytest.mark.usefixtures("one_thread")
 def test_mlp_fits_a_noise_conditional_score(embedding_type, label_scale):
     """Regress sigma * score of the 8-Gaussian mixture at two noise levels on the same points.
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from scoresde.config import Config, ModelConfig, SampleConfig, SDEConfig
+from scoresde.data.pipeline import data_shape
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
 from scoresde.sampling import CORRECTORS, PREDICTORS
 from scoresde.score import ScoreFn, make_score_fn
@@ -28,34 +29,130 @@ def build_sde(cfg: SDEConfig) -> SDE:
     raise ValueError(f"unknown sde {cfg.kind!r}; choose from ['subvp', 've', 'vp']")
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, ...]) -> nn.Module:
-    """The score network for examples of ``shape`` (``(C, H, W)`` images or ``(D,)`` vectors)."""
-    common: dict[str, Any] = dict(
-        embedding_type=cfg.embedding_type,
-        fourier_scale=cfg.fourier_scale,
-        scale_by_sigma=cfg.scale_by_sigma,
-    )
-    if cfg.name == "unet":
-        if len(shape) != 3:
-            raise ValueError(f"model 'unet' needs image data (C, H, W), got shape {shape}")
-        from scoresde.nn.unet import SmallUNet
+def build_model(cfg: Config) -> nn.Module:
+    """The score network of ``cfg.model`` for ``cfg.data``'s example shape.
 
-        return SmallUNet(
-            in_channels=shape[0],
-            base_channels=cfg.base_channels,
-            channel_mults=cfg.channel_mults,
-            num_res_blocks=cfg.num_res_blocks,
-            attention=cfg.attention,
-            dropout=cfg.dropout,
-            **common,
-        )
-    if cfg.name == "mlp":
-        if len(shape) != 1:
-            raise ValueError(f"model 'mlp' needs vector data (D,), got shape {shape}")
+    The image networks also get the image size and channels from the data, whether data is
+    centred, and the noise scales of the SDE (which fill the official ``sigmas`` buffer).
+    """
+    m, shape = cfg.model, data_shape(cfg.data)
+    if m.name == "mlp":
+        _expect(len(shape) == 1, m.name, "vector data (D,)", shape)
         from scoresde.nn.mlp import ScoreMLP
 
-        return ScoreMLP(dim=shape[0], hidden=cfg.hidden, depth=cfg.depth, **common)
-    raise ValueError(f"unknown model {cfg.name!r}; choose from ['mlp', 'unet']")
+        return ScoreMLP(dim=shape[0], hidden=m.hidden, depth=m.depth, **_embedding(m))
+    if m.name not in MODELS:
+        raise ValueError(f"unknown model {m.name!r}; choose from {['mlp', *MODELS]}")
+    _expect(len(shape) == 3, m.name, "image data (C, H, W)", shape)
+    return MODELS[m.name](cfg, shape)
+
+
+def _expect(ok: bool, name: str, what: str, shape: tuple[int, ...]) -> None:
+    if not ok:
+        raise ValueError(f"model {name!r} needs {what}, got examples of shape {shape}")
+
+
+def _embedding(m: ModelConfig) -> dict[str, Any]:
+    return dict(
+        embedding_type=m.embedding_type,
+        fourier_scale=m.fourier_scale,
+        scale_by_sigma=m.scale_by_sigma,
+    )
+
+
+def _small_unet(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
+    from scoresde.nn.unet import SmallUNet
+
+    m = cfg.model
+    return SmallUNet(
+        in_channels=shape[0],
+        base_channels=m.nf,
+        channel_mults=m.ch_mult,
+        num_res_blocks=m.num_res_blocks,
+        attention=bool(m.attn_resolutions),
+        dropout=m.dropout,
+        **_embedding(m),
+    )
+
+
+def _image_net_common(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
+    m, s = cfg.model, cfg.sde
+    return dict(
+        image_size=shape[-1],
+        num_channels=shape[0],
+        nf=m.nf,
+        centered=cfg.data.centered,
+        sigma_min=s.sigma_min,
+        sigma_max=s.sigma_max,
+        num_scales=s.N,
+        nonlinearity=m.nonlinearity,
+    )
+
+
+def _ncsnpp(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
+    from scoresde.nn.ncsnpp import NCSNpp
+
+    m = cfg.model
+    return NCSNpp(
+        **_image_net_common(cfg, shape),
+        **_embedding(m),
+        ch_mult=m.ch_mult,
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=m.attn_resolutions,
+        dropout=m.dropout,
+        resamp_with_conv=m.resamp_with_conv,
+        resblock_type=m.resblock_type,
+        fir=m.fir,
+        fir_kernel=m.fir_kernel,
+        skip_rescale=m.skip_rescale,
+        progressive=m.progressive,
+        progressive_input=m.progressive_input,
+        progressive_combine=m.progressive_combine,
+        init_scale=m.init_scale,
+        conditional=m.conditional,
+        num_classes=m.num_classes or None,
+    )
+
+
+def _ddpm(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
+    from scoresde.nn.ddpm import DDPM
+
+    m = cfg.model
+    return DDPM(
+        **_image_net_common(cfg, shape),
+        ch_mult=m.ch_mult,
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=m.attn_resolutions,
+        dropout=m.dropout,
+        resamp_with_conv=m.resamp_with_conv,
+        conditional=m.conditional,
+        scale_by_sigma=m.scale_by_sigma,
+        num_classes=m.num_classes or None,
+    )
+
+
+def _ncsn(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
+    from scoresde.nn.ncsn import NCSN
+
+    common = _image_net_common(cfg, shape)
+    for unused in ("sigma_min", "sigma_max"):
+        common.pop(unused)
+    return NCSN(**common)
+
+
+def _ncsnv2(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
+    from scoresde.nn.ncsn import NCSNv2
+
+    return NCSNv2(**_image_net_common(cfg, shape), variant=cfg.model.ncsnv2_variant or None)
+
+
+MODELS: dict[str, Callable[[Config, tuple[int, ...]], nn.Module]] = {
+    "unet": _small_unet,
+    "ncsnpp": _ncsnpp,
+    "ddpm": _ddpm,
+    "ncsn": _ncsn,
+    "ncsnv2": _ncsnv2,
+}
 
 
 def build_score_fn(model: nn.Module, sde: SDE, cfg: ModelConfig, **kwargs: Any) -> ScoreFn:

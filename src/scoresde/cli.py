@@ -20,6 +20,8 @@ EXAMPLES = {
     "likelihood": "example: scoresde likelihood --checkpoint runs/demo/checkpoint.safetensors "
     "--split test",
     "presets": "example: scoresde presets",
+    "convert": "example: scoresde convert checkpoint_26.pth runs/cifar10_ve "
+    "--preset ve_cifar10_ncsnpp_continuous",
 }
 
 
@@ -108,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--no-progress", action="store_true")
 
     add("presets", "List the experiment presets.")
+
+    c = add("convert", "Convert an official score_sde_pytorch checkpoint into a scoresde run.")
+    c.add_argument("src", type=Path, help="the official .pth checkpoint")
+    c.add_argument("out", type=Path, help="output folder (checkpoint.safetensors, config.json)")
+    c.add_argument("--preset", help="the experiment's preset, e.g. ve_cifar10_ncsnpp_continuous")
+    c.add_argument("--official-config", type=Path,
+                   help="the official config as JSON (default: <src stem>.config.json)")
+    c.add_argument("--raw-weights", action="store_true",
+                   help="keep the raw weights instead of the EMA ones")
     return p
 
 
@@ -205,12 +216,24 @@ def _cmd_presets(a) -> int:
     return 0
 
 
+def _cmd_convert(a) -> int:
+    from scoresde.convert import convert_official
+
+    if a.preset and a.official_config:
+        raise ValueError("give --preset or --official-config, not both")
+    path = convert_official(a.src, a.out, preset=a.preset, official_config=a.official_config,
+                            use_ema=not a.raw_weights)
+    print(json.dumps({"checkpoint": str(path), "config": str(a.out / "config.json")}))
+    return 0
+
+
 COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
     "sample": _cmd_sample,
     "likelihood": _cmd_likelihood,
     "presets": _cmd_presets,
+    "convert": _cmd_convert,
 }
 
 

@@ -18,17 +18,25 @@ from typing import Any
 class DataConfig:
     """What the model is trained on.
 
-    ``dataset``: ``"digits"`` (scikit-learn's 8x8 digits) or a 2-D toy set (``"gmm"``, ``"moons"``,
-    ``"swissroll"``). Image data is ``[0, 1]`` with ``levels`` grey levels; ``centered`` maps it to
-    ``[-1, 1]``; ``dequantize`` trains on uniformly dequantized data (a continuous density).
+    ``dataset``: ``"digits"`` (scikit-learn's 8x8 digits), a 2-D toy set (``"gmm"``, ``"moons"``,
+    ``"swissroll"``) or an image dataset read from ``root`` (``"cifar10"``, ``"celeba"``,
+    ``"lsun"``, ``"celebahq"``, ``"ffhq"``, ``"folder"``; layouts in
+    :mod:`scoresde.data.images`). Images are ``[0, 1]`` with ``levels`` grey levels; ``centered``
+    maps them to ``[-1, 1]``; ``dequantize`` trains on uniformly dequantized data;
+    ``random_flip`` flips training images horizontally at random; ``image_size`` 0 keeps each
+    dataset's default size.
     """
 
     dataset: str = "digits"
+    root: str = ""
+    image_size: int = 0
     centered: bool = True
     dequantize: bool = True
+    random_flip: bool = False
     levels: int = 17
     test_fraction: float = 0.2
     split_seed: int = 0
+    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,23 @@ class SDEConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The score network. ``name``: ``"unet"`` (images) or ``"mlp"`` (vectors).
+    """The score network and its options (the official code's names where they exist).
 
-    ``embedding_type`` ``"fourier"`` embeds ``log sigma`` (VE), ``"positional"`` embeds ``999 t``
-    (VP/sub-VP). ``continuous=False`` trains the discrete SMLD/DDPM objective instead.
+    ``name``: ``"unet"`` (the small U-Net of the demo), ``"mlp"`` (vectors), ``"ncsnpp"``
+    (NCSN++ / DDPM++), ``"ddpm"``, ``"ncsn"`` or ``"ncsnv2"``. ``embedding_type`` ``"fourier"``
+    embeds ``log sigma`` (VE), ``"positional"`` embeds ``999 t`` or a step index (VP).
+    ``continuous=False`` trains the discrete SMLD/DDPM objective. The small U-Net reads ``nf``,
+    ``ch_mult``, ``num_res_blocks``, ``dropout`` and puts attention at its lowest resolution
+    when ``attn_resolutions`` is not empty; the MLP reads ``hidden`` and ``depth``; NCSN++ reads
+    all the rest (see :class:`scoresde.nn.ncsnpp.NCSNpp`). ``ncsnv2_variant`` 0 picks the NCSNv2
+    depth from the image size. ``num_classes`` > 0 adds a class-label embedding.
     """
 
     name: str = "unet"
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2)
+    nf: int = 32
+    ch_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 2
-    attention: bool = False
+    attn_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
     hidden: int = 128
     depth: int = 3
@@ -63,19 +77,36 @@ class ModelConfig:
     fourier_scale: float = 16.0
     scale_by_sigma: bool = False
     continuous: bool = True
+    resamp_with_conv: bool = True
+    resblock_type: str = "biggan"
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    progressive: str = "none"
+    progressive_input: str = "none"
+    progressive_combine: str = "sum"
+    init_scale: float = 0.0
+    conditional: bool = True
+    nonlinearity: str = "swish"
+    num_classes: int = 0
+    ncsnv2_variant: int = 0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation: Adam with linear warmup, gradient clipping and an EMA of the weights.
 
-    Training stops after ``steps`` steps or ``minutes`` of wall time (0: no time limit).
+    Training stops after ``steps`` steps or ``minutes`` of wall time (0: no time limit);
+    ``grad_clip`` < 0 disables clipping, ``warmup`` 0 disables warmup.
     """
 
     steps: int = 4000
     minutes: float = 0.0
     batch_size: int = 128
     lr: float = 2e-3
+    beta1: float = 0.9
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999

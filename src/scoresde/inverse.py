@@ -79,7 +79,8 @@ _COLOR_BASIS = torch.tensor(
         [1 / math.sqrt(3)] * 3,
         [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
         [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)],
-    ]
+    ],
+    dtype=torch.float64,
 )
 
 

@@ -55,7 +55,7 @@ def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True
     ckpt = load_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt.config)
-        model = build_model(cfg.model, data_shape(cfg.data))
+        model = build_model(cfg)
         use = use_ema and ckpt.ema is not None
         weights = ema_model_state_dict(ckpt.ema) if use else ckpt.model
         model.load_state_dict(weights)

@@ -1,10 +1,12 @@
-"""From a :class:`~scoresde.config.DataConfig` to tensors: splits, model scale and back.
+"""From a :class:`~scoresde.config.DataConfig` to tensors: splits, batches, model scale and back.
 
 Image data is kept in ``[0, 1]`` with ``levels`` grey levels; the model sees it uniformly
 dequantized (optional) and centred to ``[-1, 1]`` (optional). Toy 2-D data is used as is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -14,6 +16,9 @@ from scoresde.data.toy import TOY_DATASETS, sample_toy
 from scoresde.likelihood import uniform_dequantize
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
+IMAGE_DATASETS = ("cifar10", "celeba", "lsun", "celebahq", "ffhq", "folder")
+DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
+DATASETS = ("digits", *TOY_DATASETS, *IMAGE_DATASETS)
 
 
 def is_image_data(cfg: DataConfig) -> bool:
@@ -21,18 +26,32 @@ def is_image_data(cfg: DataConfig) -> bool:
 
 
 def data_shape(cfg: DataConfig) -> tuple[int, ...]:
-    """The shape of one example: ``(1, 8, 8)`` for digits, ``(2,)`` for toy data."""
+    """The shape of one example: ``(1, 8, 8)`` for digits, ``(2,)`` for toys, ``(3, S, S)``."""
     if cfg.dataset == "digits":
         return (1, 8, 8)
     if cfg.dataset in TOY_DATASETS:
         return (2,)
-    raise ValueError(f"unknown dataset {cfg.dataset!r}; choose from {['digits', *TOY_DATASETS]}")
+    if cfg.dataset in IMAGE_DATASETS:
+        size = cfg.image_size or DEFAULT_IMAGE_SIZES.get(cfg.dataset, 0)
+        if not size:
+            raise ValueError(f"dataset {cfg.dataset!r} needs data.image_size")
+        return (3, size, size)
+    raise ValueError(f"unknown dataset {cfg.dataset!r}; choose from {list(DATASETS)}")
 
 
-def load_split(cfg: DataConfig, split: str) -> Tensor:
-    """The ``"train"`` or ``"test"`` split: digits ``(N, 1, 8, 8)`` in ``[0, 1]``, toys ``(N, 2)``.
+def _image_dataset(cfg: DataConfig, split: str):
+    from scoresde.data.images import load_image_dataset
 
-    Toy splits are fixed draws (seeded by ``split_seed``; the test draw uses a different seed).
+    if not cfg.root:
+        raise ValueError(f"dataset {cfg.dataset!r} is read from disk: set data.root=PATH")
+    return load_image_dataset(cfg.dataset, cfg.root, split=split, image_size=data_shape(cfg)[-1])
+
+
+def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
+    """A split as one tensor: ``(N, C, H, W)`` images in ``[0, 1]`` or ``(N, 2)`` toy points.
+
+    Toy splits are fixed draws (seeded by ``split_seed``; the test draw uses another seed).
+    ``limit`` > 0 keeps the first ``limit`` examples (image datasets are only read that far).
     """
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
@@ -41,10 +60,43 @@ def load_split(cfg: DataConfig, split: str) -> Tensor:
         from scoresde.data.digits import load_digits_split
 
         train, test = load_digits_split(test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-        return train if split == "train" else test
-    seed = cfg.split_seed + (0 if split == "train" else 1_000_003)
-    gen = torch.Generator().manual_seed(seed)
-    return sample_toy(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
+        data = train if split == "train" else test
+    elif cfg.dataset in TOY_DATASETS:
+        seed = cfg.split_seed + (0 if split == "train" else 1_000_003)
+        gen = torch.Generator().manual_seed(seed)
+        data = sample_toy(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
+    else:
+        dataset = _image_dataset(cfg, split)
+        n = min(limit, len(dataset)) if limit else len(dataset)
+        return torch.stack([dataset[i] for i in range(n)])
+    return data[:limit] if limit else data
+
+
+def train_batches(
+    cfg: DataConfig, batch_size: int, *, generator: torch.Generator
+) -> Iterator[Tensor]:
+    """Endless shuffled training batches in data scale, drawn with ``generator`` (CPU).
+
+    The dataset is opened here, so a missing or corrupt one fails before training starts.
+    In-memory data (digits, toys) is sampled with replacement; image datasets are read epoch
+    by epoch in a random order, with random flips if set (``data.images.image_batches``).
+    """
+    if cfg.dataset in IMAGE_DATASETS:
+        from scoresde.data.images import image_batches
+
+        return image_batches(
+            _image_dataset(cfg, "train"),
+            batch_size,
+            generator=generator,
+            random_flip=cfg.random_flip,
+            num_workers=cfg.num_workers,
+        )
+    return _resampled(load_split(cfg, "train"), batch_size, generator)
+
+
+def _resampled(data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    while True:
+        yield data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]
 
 
 def to_model_scale(

@@ -1,12 +1,23 @@
-"""Safe loading and conversion of official ``score_sde_pytorch`` NCSN++ checkpoints.
+"""Safe loading and conversion of official ``score_sde_pytorch`` checkpoints.
+
+Supported networks (official ``config.model.name`` -> our class): ``'ncsnpp'`` -> ``NCSNpp``
+(NCSN++ and DDPM++), ``'ddpm'`` -> ``DDPM``, ``'ncsn'`` -> ``NCSN``, ``'ncsnv2_64'`` /
+``'ncsnv2_128'`` / ``'ncsnv2_256'`` -> ``NCSNv2`` with ``variant`` 64 / 128 / 256.
 
 Official checkpoints (``{'optimizer', 'model', 'ema', 'step'}``, written by its ``save_checkpoint``)
 hold the network state dict under ``module.``-prefixed keys and the EMA as a list of
-``shadow_params`` in parameter order. Their Adam learning rate is pickled as a numpy float64, so
-they are loaded with ``torch.load(weights_only=True)`` plus exactly the numpy globals needed to
-rebuild numpy scalars (``scalar`` and a few plain numeric dtype classes); full unpickling is never
-used. Our ``NCSNpp`` keeps the official module layout, so mapping a state dict only strips the
-prefix (``NIN.W`` is stored as ``(in, out)`` in both).
+``shadow_params``, one per trainable parameter in ``parameters()`` order. Their Adam learning rate
+is pickled as a numpy float64, so they are loaded with ``torch.load(weights_only=True)`` plus
+exactly the numpy globals needed to rebuild numpy scalars (``scalar`` and a few plain numeric dtype
+classes); full unpickling is never used. Every supported network keeps the official module layout
+(NCSN++ and DDPM under ``all_modules``; NCSN/NCSNv2 under ``begin_conv``, ``res*``, ``refine*``,
+...), so mapping a state dict only strips the prefix (``NIN.W`` is stored as ``(in, out)`` in
+both).
+
+Buffers and frozen parameters: ``sigmas`` (float64 noise levels of NCSN++, DDPM and NCSNv2) is a
+buffer and the Fourier frequencies ``W`` of NCSN++ are a frozen parameter; neither has an EMA
+shadow. NCSN/NCSNv2 have no other buffers (their instance norms keep no running statistics, their
+norm weights are trainable parameters), so all their other entries have shadows.
 """
 
 from __future__ import annotations
@@ -14,16 +25,21 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
+from scoresde.nn.ddpm import DDPM
+from scoresde.nn.ncsn import NCSN, NCSNv2
 from scoresde.nn.ncsnpp import NCSNpp
 
 _PREFIX = "module."
@@ -39,10 +55,48 @@ _NUMPY_DTYPES = (
     "uint8",
     "bool",
 )
+# Top-level state-dict names of the supported official networks (after ``module.``).
+_KNOWN_KEY = re.compile(r"sigmas|(all_modules|begin_conv|normalizer|end_conv|res\d+|refine\d+)\..+")
+
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {
+    "NCSNpp": NCSNpp,
+    "DDPM": DDPM,
+    "NCSN": NCSN,
+    "NCSNv2": NCSNv2,
+}
+"""Our network classes by name, as stored in a converted ``config.json`` (``network_class``)."""
 
 
 class OfficialCheckpointError(ValueError):
-    """A file is not a (safely loadable) official score_sde checkpoint."""
+    """A file is not a (safely loadable) official score_sde checkpoint, or does not fit its
+    network."""
+
+
+@dataclass(frozen=True)
+class OfficialNetwork:
+    """Which of our networks an official config describes, and how to build it.
+
+    Attributes:
+        network_class: a key of ``NETWORK_CLASSES`` (``'NCSNpp'``, ``'DDPM'``, ``'NCSN'`` or
+            ``'NCSNv2'``).
+        kwargs: keyword arguments of that class.
+    """
+
+    network_class: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised network (uses the global torch RNG, as the official code)."""
+        return network_class(self.network_class)(**self.kwargs)
+
+
+def network_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` in ``NETWORK_CLASSES``."""
+    if name not in NETWORK_CLASSES:
+        raise ValueError(
+            f"unknown network class {name!r}; expected one of {sorted(NETWORK_CLASSES)}"
+        )
+    return NETWORK_CLASSES[name]
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -106,8 +160,8 @@ def _layout_problem(checkpoint: Any) -> str | None:
     model = checkpoint["model"]
     if not isinstance(model, Mapping) or not all(isinstance(v, Tensor) for v in model.values()):
         return "'model' is not a state dict of tensors"
-    if not any(".all_modules." in f".{key}" for key in model):
-        return "'model' has no 'all_modules' entries (not an NCSN++ state dict)"
+    if not any(_KNOWN_KEY.fullmatch(str(key).removeprefix(_PREFIX)) for key in model):
+        return "'model' has no entries of a supported network (NCSN++, DDPM, NCSN, NCSNv2)"
     ema = checkpoint["ema"]
     if not isinstance(ema, Mapping) or not isinstance(ema.get("shadow_params"), list | tuple):
         return "'ema' has no 'shadow_params' list"
@@ -115,60 +169,97 @@ def _layout_problem(checkpoint: Any) -> str | None:
 
 
 def official_state_dict_to_ours(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map an official NCSN++ state dict to ``NCSNpp`` keys: only the ``module.`` prefix goes.
+    """Map an official state dict (any supported network) to our keys: only ``module.`` goes.
 
-    Accepts prefixed (DataParallel) or bare keys; keys and order are otherwise unchanged.
+    Accepts prefixed (DataParallel) or bare keys; keys (including the ``sigmas`` buffer, where the
+    network has one) and their order are otherwise unchanged.
+
+    Raises:
+        OfficialCheckpointError: a key belongs to none of the supported networks.
     """
     out = {key.removeprefix(_PREFIX): value for key, value in sd.items()}
-    unknown = [key for key in out if key != "sigmas" and not key.startswith("all_modules.")]
+    unknown = [key for key in out if not _KNOWN_KEY.fullmatch(key)]
     if unknown:
-        raise OfficialCheckpointError(
-            f"unexpected keys in official NCSN++ state dict: {unknown[:5]}"
-        )
+        raise OfficialCheckpointError(f"unexpected keys in official state dict: {unknown[:5]}")
     return out
 
 
-def official_ema_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The EMA weights of an official checkpoint as an ``NCSNpp`` state dict.
+def _trainable_keys(sd: Mapping[str, Tensor], model: nn.Module | None) -> list[str]:
+    """State-dict keys of the trainable parameters, in ``parameters()`` order.
+
+    From ``model`` if given (its ``requires_grad`` parameters, as the official EMA selects them);
+    otherwise every entry except the ``sigmas`` buffer and the frozen NCSN++ Fourier ``W``.
+    """
+    if model is not None:
+        return [name for name, p in model.named_parameters() if p.requires_grad]
+    return [k for k in sd if k != "sigmas" and not (k == _FOURIER_KEY and sd[k].ndim == 1)]
+
+
+def official_ema_state_dict(
+    checkpoint: Mapping[str, Any], model: nn.Module | None = None
+) -> dict[str, Tensor]:
+    """The EMA weights of an official checkpoint as a state dict of our network.
 
     The official EMA keeps ``shadow_params``, one tensor per trainable parameter in
-    ``parameters()`` order: every state-dict entry except the ``sigmas`` buffer and the fixed
-    Fourier frequencies ``all_modules.0.W``. Those two are taken from ``checkpoint['model']``.
+    ``parameters()`` order; they replace those entries of ``checkpoint['model']``, the rest
+    (``sigmas``, NCSN++'s Fourier ``W``) is taken from it unchanged.
+
+    Args:
+        checkpoint: an official checkpoint dict (``model``, ``ema``).
+        model: the network the weights are for; its ``requires_grad`` parameters name the
+            shadows. Without it the trainable entries are inferred from the keys (every entry
+            except ``sigmas`` and ``all_modules.0.W``), which holds for all supported networks.
+
+    Raises:
+        OfficialCheckpointError: the shadow count or a shadow's shape does not match (one line).
     """
     sd = official_state_dict_to_ours(checkpoint["model"])
     shadow = list(checkpoint["ema"]["shadow_params"])
-    trainable = [k for k in sd if k != "sigmas" and not (k == _FOURIER_KEY and sd[k].ndim == 1)]
+    trainable = _trainable_keys(sd, model)
+    what = f"the {type(model).__name__} model" if model is not None else "the model"
     if len(trainable) != len(shadow):
         raise OfficialCheckpointError(
-            f"EMA has {len(shadow)} shadow params but the model has {len(trainable)} trainable ones"
+            f"EMA has {len(shadow)} shadow params but {what} has {len(trainable)} trainable ones"
+        )
+    absent = [key for key in trainable if key not in sd]
+    if absent:
+        raise OfficialCheckpointError(
+            f"checkpoint 'model' lacks trainable parameters of {what}: {absent[:5]}"
         )
     for key, value in zip(trainable, shadow, strict=True):
-        if tuple(value.shape) != tuple(sd[key].shape):
+        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(sd[key].shape):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise OfficialCheckpointError(
-                f"EMA shadow param for {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(sd[key].shape)}"
+                f"EMA shadow param for {key} has shape {got}, expected {tuple(sd[key].shape)}"
             )
         sd[key] = value
     return sd
 
 
-def from_official_config(
-    model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``NCSNpp`` keyword arguments from the official ``config.model`` and ``config.data`` dicts."""
-    name = model_cfg.get("name", "ncsnpp")
-    if name != "ncsnpp":
-        raise ValueError(f"only the official 'ncsnpp' network is supported, config has {name!r}")
-    for field, expected in (
+def _check(model_cfg: Mapping[str, Any], field_name: str, expected: Any, network: str) -> None:
+    """Raise ``ValueError`` unless ``model_cfg[field_name]`` (if present) equals ``expected``."""
+    if model_cfg.get(field_name, expected) != expected:
+        raise ValueError(
+            f"unsupported {field_name}={model_cfg[field_name]!r} ({network} uses {expected!r})"
+        )
+
+
+def _num_channels(data_cfg: Mapping[str, Any]) -> int:
+    """Image channels: ``data.num_channels`` (the official NCSN code reads ``data.channels``)."""
+    return int(data_cfg["num_channels"] if "num_channels" in data_cfg else data_cfg["channels"])
+
+
+def _ncsnpp_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``NCSNpp`` keyword arguments of an official ``'ncsnpp'`` config."""
+    for field_name, expected in (
         ("normalization", "GroupNorm"),
         ("conv_size", 3),
         ("attention_type", "ddpm"),
     ):
-        if model_cfg.get(field, expected) != expected:
-            raise ValueError(f"unsupported {field}={model_cfg[field]!r} (NCSN++ uses {expected!r})")
+        _check(model_cfg, field_name, expected, "NCSN++")
     return {
         "image_size": int(data_cfg["image_size"]),
-        "num_channels": int(data_cfg["num_channels"]),
+        "num_channels": _num_channels(data_cfg),
         "nf": int(model_cfg["nf"]),
         "ch_mult": tuple(int(m) for m in model_cfg["ch_mult"]),
         "num_res_blocks": int(model_cfg["num_res_blocks"]),
@@ -193,6 +284,131 @@ def from_official_config(
         "num_scales": int(model_cfg["num_scales"]),
         "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
     }
+
+
+def _ddpm_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``DDPM`` keyword arguments of an official ``'ddpm'`` config (its ``embedding_type`` and
+    ``conv_size`` are unused by the official DDPM: it always has sinusoidal embeddings and 3x3
+    convolutions)."""
+    _check(model_cfg, "normalization", "GroupNorm", "DDPM")
+    return {
+        "image_size": int(data_cfg["image_size"]),
+        "num_channels": _num_channels(data_cfg),
+        "nf": int(model_cfg["nf"]),
+        "ch_mult": tuple(int(m) for m in model_cfg["ch_mult"]),
+        "num_res_blocks": int(model_cfg["num_res_blocks"]),
+        "attn_resolutions": tuple(int(r) for r in model_cfg["attn_resolutions"]),
+        "dropout": float(model_cfg["dropout"]),
+        "resamp_with_conv": bool(model_cfg["resamp_with_conv"]),
+        "conditional": bool(model_cfg["conditional"]),
+        "scale_by_sigma": bool(model_cfg["scale_by_sigma"]),
+        "centered": bool(data_cfg["centered"]),
+        "sigma_min": float(model_cfg["sigma_min"]),
+        "sigma_max": float(model_cfg["sigma_max"]),
+        "num_scales": int(model_cfg["num_scales"]),
+        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
+    }
+
+
+def _refinenet_check(model_cfg: Mapping[str, Any], network: str) -> None:
+    """NCSN/NCSNv2 configs must ask for InstanceNorm++ and bilinear fusion (all official ones
+    do; the networks are built for exactly these)."""
+    _check(model_cfg, "normalization", "InstanceNorm++", network)
+    _check(model_cfg, "interpolation", "bilinear", network)
+
+
+def _ncsn_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``NCSN`` keyword arguments of an official ``'ncsn'`` config. ``num_scales`` sizes the
+    conditional norms; NCSN has no ``sigmas`` buffer, so ``sigma_min``/``sigma_max`` are unused."""
+    _refinenet_check(model_cfg, "NCSN")
+    return {
+        "image_size": int(data_cfg["image_size"]),
+        "num_channels": _num_channels(data_cfg),
+        "nf": int(model_cfg["nf"]),
+        "num_scales": int(model_cfg["num_scales"]),
+        "centered": bool(data_cfg["centered"]),
+        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
+    }
+
+
+def _ncsnv2_kwargs(
+    model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], variant: int
+) -> dict[str, Any]:
+    """``NCSNv2`` keyword arguments of an official ``'ncsnv2_{variant}'`` config (the output is
+    always divided by sigma, as officially, whatever ``scale_by_sigma`` says)."""
+    _refinenet_check(model_cfg, "NCSNv2")
+    return {
+        "image_size": int(data_cfg["image_size"]),
+        "num_channels": _num_channels(data_cfg),
+        "nf": int(model_cfg["nf"]),
+        "sigma_min": float(model_cfg["sigma_min"]),
+        "sigma_max": float(model_cfg["sigma_max"]),
+        "num_scales": int(model_cfg["num_scales"]),
+        "centered": bool(data_cfg["centered"]),
+        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
+        "variant": variant,
+    }
+
+
+_Builder = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+_OFFICIAL_NAMES: dict[str, tuple[str, _Builder]] = {
+    "ncsnpp": ("NCSNpp", _ncsnpp_kwargs),
+    "ddpm": ("DDPM", _ddpm_kwargs),
+    "ncsn": ("NCSN", _ncsn_kwargs),
+    **{f"ncsnv2_{v}": ("NCSNv2", partial(_ncsnv2_kwargs, variant=v)) for v in (64, 128, 256)},
+}
+
+
+def official_network(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> OfficialNetwork:
+    """Our network for the official ``config.model`` and ``config.data`` dicts.
+
+    Dispatches on ``model_cfg['name']`` (default ``'ncsnpp'``): ``'ncsnpp'`` -> ``NCSNpp``,
+    ``'ddpm'`` -> ``DDPM``, ``'ncsn'`` -> ``NCSN``, ``'ncsnv2_64'``/``'_128'``/``'_256'`` ->
+    ``NCSNv2`` with that ``variant`` (as the official registry, not chosen from the image size).
+
+    Raises:
+        ValueError: an unknown network name or an option the network does not support.
+    """
+    name = str(model_cfg.get("name", "ncsnpp"))
+    if name not in _OFFICIAL_NAMES:
+        raise ValueError(
+            f"unsupported official network {name!r}; expected one of {sorted(_OFFICIAL_NAMES)}"
+        )
+    class_name, builder = _OFFICIAL_NAMES[name]
+    return OfficialNetwork(class_name, builder(model_cfg, data_cfg))
+
+
+def from_official_config(
+    model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Keyword arguments of our network for the official ``config.model`` / ``config.data``.
+
+    Same dispatch as ``official_network`` (which also names the class); for ``'ncsnpp'`` configs
+    these are ``NCSNpp`` kwargs, as before.
+    """
+    return official_network(model_cfg, data_cfg).kwargs
+
+
+def load_strict(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
+    """``model.load_state_dict(sd, strict=True)`` with a one-line error on any mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {items[:3]}{' ...' if len(items) > 3 else ''} ({len(items)})"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if items
+        ]
+        raise OfficialCheckpointError(
+            f"checkpoint does not fit the config's {type(model).__name__}: " + "; ".join(parts)
+        )
+    model.load_state_dict(sd, strict=True)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -222,10 +438,16 @@ def convert_official_checkpoint(
         use_ema: store the EMA weights (what the paper samples with) instead of the raw ones.
         config: the official config as a nested dict (needs ``model`` and ``data``); by default
             read from the JSON file next to the checkpoint, ``<src_path stem>.config.json``.
+            ``model.name`` picks the network (see ``official_network``).
 
     Returns:
-        ``out_dir``. ``config.json`` holds ``network`` (the ``NCSNpp`` kwargs), ``official_config``,
-        ``step`` and ``weights`` (``'ema'`` or ``'model'``); ``load_converted`` rebuilds the model.
+        ``out_dir``. ``config.json`` holds ``network_class`` (a ``NETWORK_CLASSES`` key),
+        ``network`` (its kwargs), ``official_config``, ``step`` and ``weights`` (``'ema'`` or
+        ``'model'``); ``load_converted`` rebuilds the model.
+
+    Raises:
+        OfficialCheckpointError: the file is refused, or its weights do not fit the configured
+            network (one-line messages).
     """
     src_path, out_dir = Path(src_path), Path(out_dir)
     checkpoint = load_official_checkpoint(src_path)
@@ -236,17 +458,18 @@ def convert_official_checkpoint(
                 f"no config for {src_path}: pass config= or create {config_path}"
             )
         config = json.loads(config_path.read_text())
-    kwargs = from_official_config(config["model"], config["data"])
+    spec = official_network(config["model"], config["data"])
+    model = spec.build()
     sd = (
-        official_ema_state_dict(checkpoint)
+        official_ema_state_dict(checkpoint, model)
         if use_ema
         else official_state_dict_to_ours(checkpoint["model"])
     )
-    model = NCSNpp(**kwargs)
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, sd)
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     meta = {
-        "network": kwargs,
+        "network_class": spec.network_class,
+        "network": spec.kwargs,
         "official_config": config,
         "step": int(checkpoint["step"]),
         "weights": "ema" if use_ema else "model",
@@ -261,10 +484,17 @@ def convert_official_checkpoint(
     return out_dir
 
 
-def load_converted(out_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> NCSNpp:
-    """Rebuild an ``NCSNpp`` from a ``convert_official_checkpoint`` directory (eval mode)."""
+def load_converted(
+    out_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Rebuild the network of a ``convert_official_checkpoint`` directory (eval mode).
+
+    The class is ``config.json``'s ``network_class`` (``NCSNpp`` when absent, as in directories
+    written before other networks were supported).
+    """
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "config.json").read_text())
-    model = NCSNpp(**meta["network"])
+    spec = OfficialNetwork(meta.get("network_class", "NCSNpp"), meta["network"])
+    model = spec.build()
     model.load_state_dict(load_file(out_dir / "model.safetensors", device=str(device)), strict=True)
     return model.to(device).eval()

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
 from scoresde.config import Config, config_from_dict, config_to_dict, save_config
-from scoresde.data.pipeline import data_shape, load_split, to_model_scale
+from scoresde.data.pipeline import to_model_scale, train_batches
 from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
 from scoresde.training.ema import EMA
 
@@ -49,18 +49,23 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     tc = cfg.train
-    data = load_split(cfg.data, "train").to(device)
     sde = build_sde(cfg.sde)
-    model = build_model(cfg.model, data_shape(cfg.data)).to(device)
+    model = build_model(cfg).to(device)
     ema = EMA(model, tc.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999), eps=tc.adam_eps,
+        weight_decay=tc.weight_decay,
+    )
     loss_fn = build_loss(cfg, sde)
     score_fn = build_score_fn(model, sde, cfg.model)
+    # Two streams of randomness: data order (CPU, as data loaders need) and noise (on device).
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    data_generator = torch.Generator().manual_seed(cfg.seed + 1)
     ckpt_path = workdir / CHECKPOINT_NAME
     step = 0
     if resume and ckpt_path.exists():
-        step = _restore(ckpt_path, cfg, model, ema, optimizer, generator)
+        step = _restore(ckpt_path, cfg, model, ema, optimizer, generator, data_generator)
+    batches = train_batches(cfg.data, tc.batch_size, generator=data_generator)
     save_config(cfg, workdir / "config.json")
 
     losses: list[tuple[int, float]] = []
@@ -69,14 +74,13 @@ def train(
     model.train()
     while step < tc.steps:
         # One optimisation step on a fresh minibatch.
-        idx = torch.randint(0, data.shape[0], (tc.batch_size,), device=device, generator=generator)
-        x0 = to_model_scale(data[idx], cfg.data, generator=generator)
+        x0 = to_model_scale(next(batches).to(device), cfg.data, generator=generator)
         for group in optimizer.param_groups:
             group["lr"] = warmup_lr(step, tc.lr, tc.warmup)
         loss = loss_fn(score_fn, x0, generator).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tc.grad_clip > 0:
+        if tc.grad_clip >= 0:
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
         ema.update(model)
@@ -87,17 +91,17 @@ def train(
             losses.append((step, loss.item()))
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-            _save(ckpt_path, cfg, model, ema, optimizer, generator, step)
+            _save(ckpt_path, cfg, model, ema, optimizer, (generator, data_generator), step)
         if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
             break
     bar.close()
     model.eval()
-    _save(ckpt_path, cfg, model, ema, optimizer, generator, step)
+    _save(ckpt_path, cfg, model, ema, optimizer, (generator, data_generator), step)
     seconds = time.perf_counter() - start
     return TrainResult(model, ema, ckpt_path, step, seconds, losses)
 
 
-def _save(path, cfg, model, ema, optimizer, generator, step) -> None:
+def _save(path, cfg, model, ema, optimizer, generators, step) -> None:
     save_checkpoint(
         path,
         model=model.state_dict(),
@@ -105,11 +109,11 @@ def _save(path, cfg, model, ema, optimizer, generator, step) -> None:
         optimizer=optimizer.state_dict(),
         step=step,
         config=config_to_dict(cfg),
-        extra={"rng_state": generator.get_state().tolist()},
+        extra={"rng_states": [g.get_state().tolist() for g in generators]},
     )
 
 
-def _restore(path, cfg, model, ema, optimizer, generator) -> int:
+def _restore(path, cfg, model, ema, optimizer, *generators) -> int:
     ckpt = load_checkpoint(path)
     if config_from_dict(ckpt.config).model != cfg.model:
         raise ValueError(f"{path} was trained with another model config; use a new workdir")
@@ -118,7 +122,7 @@ def _restore(path, cfg, model, ema, optimizer, generator) -> int:
         ema.load_state_dict(ckpt.ema)
     if ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)
-    rng = (ckpt.extra or {}).get("rng_state")
-    if rng is not None:
-        generator.set_state(torch.tensor(rng, dtype=torch.uint8))
+    states = (ckpt.extra or {}).get("rng_states", [])
+    for generator, state in zip(generators, states, strict=False):
+        generator.set_state(torch.tensor(state, dtype=torch.uint8))
     return ckpt.step

@@ -1,7 +1,4 @@
-"""Experiment presets: small functions returning a :class:`~scoresde.config.Config`.
-
-``PRESETS`` maps each name to its function; ``scoresde presets`` lists them.
-"""
+"""Presets for the small experiments: 8x8 digits (the demo) and 2-D toy distributions."""
 
 from __future__ import annotations
 
@@ -70,7 +67,7 @@ def toy_swissroll() -> Config:
     return _toy("swissroll", "subvp", 5.0)
 
 
-PRESETS: dict[str, Callable[[], Config]] = {
+SMALL_PRESETS: dict[str, Callable[[], Config]] = {
     "digits_vp": digits_vp,
     "digits_subvp": digits_subvp,
     "digits_ve": digits_ve,
@@ -79,10 +76,3 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "toy_moons": toy_moons,
     "toy_swissroll": toy_swissroll,
 }
-
-
-def get_preset(name: str) -> Config:
-    """The preset called ``name`` (``ValueError`` listing the choices otherwise)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]()

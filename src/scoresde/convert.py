@@ -1,0 +1,139 @@
+"""Turn a released official score_sde_pytorch checkpoint into a scoresde run.
+
+``convert_official(src, out_dir, preset=...)`` loads the ``.pth`` file safely
+(:func:`scoresde.nn.official.load_official_checkpoint`: ``weights_only=True`` plus the few numpy
+scalar globals such files need), puts its EMA (or raw) weights into the network of a scoresde
+config and writes ``out_dir/checkpoint.safetensors`` and ``out_dir/config.json``, which
+``scoresde sample`` and ``scoresde likelihood`` take like any trained run. The config is a
+preset (the released CIFAR-10 checkpoints go with ``ve_cifar10_ncsnpp_continuous`` and friends)
+or is read from the official config as JSON (:func:`config_from_official`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scoresde.build import build_model
+from scoresde.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    SampleConfig,
+    SDEConfig,
+    TrainConfig,
+    config_to_dict,
+    save_config,
+)
+from scoresde.nn.official import (
+    OfficialCheckpointError,
+    load_official_checkpoint,
+    load_strict,
+    official_ema_state_dict,
+    official_network,
+    official_state_dict_to_ours,
+)
+from scoresde.presets import get_preset
+from scoresde.training.checkpoint import save_checkpoint
+
+_DATASETS = {"CIFAR10": "cifar10", "CELEBA": "celeba", "LSUN": "lsun", "CelebAHQ": "celebahq",
+             "FFHQ": "ffhq"}
+_SDES = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
+_NETWORKS = {"NCSNpp": "ncsnpp", "DDPM": "ddpm", "NCSN": "ncsn", "NCSNv2": "ncsnv2"}
+
+
+def config_from_official(official: dict[str, Any]) -> Config:
+    """A scoresde :class:`Config` from an official config (its ``ml_collections`` tree as a dict).
+
+    Needs the sections ``data``, ``model``, ``training``, ``sampling`` and ``optim``.
+    """
+    try:
+        data, model, training = official["data"], official["model"], official["training"]
+        sampling, optim = official["sampling"], official["optim"]
+        network = official_network(model, data)
+        net_fields = ModelConfig.__dataclass_fields__
+        kwargs = {k: v for k, v in network.kwargs.items() if k in net_fields}
+        if "variant" in network.kwargs:
+            kwargs["ncsnv2_variant"] = network.kwargs["variant"]
+        return Config(
+            data=DataConfig(dataset=_DATASETS.get(data["dataset"], "folder"),
+                            image_size=int(data["image_size"]), centered=bool(data["centered"]),
+                            dequantize=bool(data.get("uniform_dequantization", False)),
+                            random_flip=bool(data.get("random_flip", True)), levels=256),
+            sde=SDEConfig(kind=_SDES[training["sde"]],
+                          sigma_min=float(model["sigma_min"]),
+                          sigma_max=float(model["sigma_max"]),
+                          beta_min=float(model.get("beta_min", 0.1)),
+                          beta_max=float(model.get("beta_max", 20.0)),
+                          N=int(model["num_scales"])),
+            model=ModelConfig(name=_NETWORKS[network.network_class],
+                              continuous=bool(training["continuous"]), **kwargs),
+            train=TrainConfig(steps=int(training["n_iters"]),
+                              batch_size=int(training["batch_size"]), lr=float(optim["lr"]),
+                              beta1=float(optim["beta1"]), adam_eps=float(optim["eps"]),
+                              weight_decay=float(optim["weight_decay"]),
+                              warmup=int(optim["warmup"]), grad_clip=float(optim["grad_clip"]),
+                              ema_decay=float(model["ema_rate"]),
+                              likelihood_weighting=bool(training["likelihood_weighting"]),
+                              reduce="mean" if training["reduce_mean"] else "sum"),
+            sample=SampleConfig(predictor=sampling["predictor"],
+                                corrector=sampling["corrector"], snr=float(sampling["snr"]),
+                                n_steps=int(sampling["n_steps_each"]),
+                                num_steps=int(model["num_scales"]),
+                                denoise=bool(sampling["noise_removal"])),
+            seed=int(official.get("seed", 42)),
+        )
+    except KeyError as e:
+        raise ValueError(f"official config lacks the field {e.args[0]!r}") from None
+
+
+def convert_official(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    official_config: str | Path | None = None,
+    use_ema: bool = True,
+) -> Path:
+    """Convert an official checkpoint into a scoresde run folder; returns the checkpoint path.
+
+    Args:
+        src: the official ``.pth`` (a dict with ``model``, ``ema``, ``optimizer``, ``step``).
+        out_dir: where ``checkpoint.safetensors`` and ``config.json`` go (written atomically).
+        preset: the scoresde preset of the experiment (e.g. ``ve_cifar10_ncsnpp_continuous``).
+        official_config: instead of ``preset``, the official config saved as JSON; by default
+            ``<src stem>.config.json`` next to ``src`` is used when no preset is given.
+        use_ema: take the EMA weights (what the paper samples with) rather than the raw ones.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    checkpoint = load_official_checkpoint(src)
+    cfg = get_preset(preset) if preset else _read_official_config(src, official_config)
+    model = build_model(cfg)
+    if use_ema:
+        weights = official_ema_state_dict(checkpoint, model)
+    else:
+        weights = official_state_dict_to_ours(checkpoint["model"])
+    load_strict(model, weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(
+        out_dir / "checkpoint.safetensors", model=model.state_dict(), ema=None, optimizer=None,
+        step=int(checkpoint["step"]), config=config_to_dict(cfg),
+        extra={"source": str(src), "weights": "ema" if use_ema else "model"},
+    )
+    save_config(cfg, out_dir / "config.json")
+    return path
+
+
+def _read_official_config(src: Path, path: str | Path | None) -> Config:
+    path = Path(path) if path else src.with_suffix(".config.json")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no config for {src}: give a preset (--preset NAME) or the official config as JSON "
+            f"({path} not found)"
+        )
+    try:
+        official = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OfficialCheckpointError(f"{path} is not valid JSON: {e.msg}") from None
+    return config_from_official(official)

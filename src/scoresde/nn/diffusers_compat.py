@@ -1,0 +1,517 @@
+"""NCSN++ weights from a score-SDE diffusers ``UNet2DModel`` folder, without diffusers installed.
+
+The ``google/ncsnpp-*`` models on the Hugging Face hub are the official NCSN++ (VE, continuous)
+networks converted by diffusers' ``scripts/convert_ncsnpp_original_checkpoint_to_diffusers.py``
+into a ``UNet2DModel``: ``config.json`` (``_class_name: UNet2DModel``) and
+``diffusion_pytorch_model.safetensors`` (or ``.bin``), possibly inside the ``unet/`` folder of a
+``ScoreSdeVePipeline``. ``load_diffusers_ncsnpp(folder)`` inverts that conversion and returns our
+``NCSNpp`` (eval mode) computing the same function: ``NCSNpp(x, sigma) == UNet2DModel(x, sigma)``.
+
+Supported (exactly what those skip blocks implement, checked on the config):
+
+- ``down_block_types`` of ``SkipDownBlock2D`` / ``AttnSkipDownBlock2D`` and ``up_block_types`` of
+  ``SkipUpBlock2D`` / ``AttnSkipUpBlock2D``, with attention at mirrored levels, a ``UNetMidBlock2D``
+  with attention; this is NCSN++ with BigGAN residual blocks, FIR ``(1, 3, 3, 1)`` resampling,
+  ``skip_rescale``, ``progressive='output_skip'``, ``progressive_input='input_skip'``,
+  ``progressive_combine='sum'``;
+- ``time_embedding_type='fourier'`` (Gaussian Fourier features of ``log sigma``, output divided by
+  sigma: ``embedding_type='fourier'``, ``scale_by_sigma``), ``resnet_time_scale_shift='default'``,
+  ``act_fn`` ``'silu'``/``'swish'``, ``norm_eps=1e-6``, ``mid_block_scale_factor=sqrt(2)``,
+  single-head attention (``attention_head_dim`` ``None`` or equal to the channels), no class
+  embedding, 3 image channels (the skip convolutions of these blocks are hard-wired to 3),
+  ``block_out_channels[0]`` = ``nf`` dividing every entry (``ch_mult[0] == 1``);
+- ``center_input_sample`` (diffusers maps ``x -> 2x - 1``) becomes ``centered = not
+  center_input_sample``. The loader reproduces the diffusers function: with
+  ``center_input_sample: false`` the network takes its inputs unchanged (``centered=True``) even
+  where the official network it came from was trained with ``centered=False`` and mapped
+  ``x -> 2x - 1`` itself;
+- ``sample_size`` is the image size (it places ``attn_resolutions``);
+- attention weights under the current names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) or the
+  legacy ones of the hub files (``query``, ``key``, ``value``, ``proj_attn``); the Fourier
+  frequencies as ``time_proj.weight`` (and/or the legacy ``time_proj.W``);
+- ``diffusion_pytorch_model.safetensors`` (preferred), else ``diffusion_pytorch_model.bin``, read
+  with ``torch.load(weights_only=True)`` only. Half-precision weights are cast to float32.
+
+Not supported (refused with a one-line ``DiffusersCompatError``): any other block type (DDPM-style
+``DownBlock2D``/``AttnDownBlock2D`` UNets, which are not NCSN++), positional or learned time
+embeddings, ``scale_shift``/``spatial`` time conditioning, class embeddings, multi-head attention,
+sharded or ``variant`` weight files, and configs whose GroupNorm group counts differ from
+NCSN++'s ``min(channels // 4, 32)``. diffusers gives every attention in the skip blocks 32 groups
+and the first norm of the resnets in ``AttnSkipUpBlock2D`` ``min(a + b // 4, 32)`` groups (for
+``a + b`` input channels): both equal NCSN++'s counts only from 128 channels on, which holds for
+all ``google/ncsnpp-*`` models but not for small networks, whose diffusers versions compute
+something else. The loader compares every norm's group count and ``eps`` and refuses on any
+difference, rather than load weights into a different function.
+
+The ``sigmas`` buffer of ``NCSNpp`` is not in diffusers' files; it is built from ``sigma_min``,
+``sigma_max``, ``num_scales`` (the scheduler's settings) and does not affect the outputs of a
+Fourier-embedding network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from scoresde.nn.ncsnpp import NCSNpp
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+"""Weight files looked for in a diffusers model folder, in order of preference."""
+
+_DOWN_TYPES = {"SkipDownBlock2D": False, "AttnSkipDownBlock2D": True}
+_UP_TYPES = {"SkipUpBlock2D": False, "AttnSkipUpBlock2D": True}
+# UNet2DModel's defaults for the fields a config may leave out.
+_DEFAULTS: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "mid_block_type": "UNetMidBlock2D",
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1.0,
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "attn_norm_num_groups": None,
+    "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+}
+_FIR_KERNEL = (1.0, 3.0, 3.0, 1.0)
+
+# Our sub-module names -> diffusers', per block kind.
+_RESNET_NAMES = {
+    "Conv_0": "conv1",
+    "GroupNorm_0": "norm1",
+    "Conv_1": "conv2",
+    "GroupNorm_1": "norm2",
+    "Dense_0": "time_emb_proj",
+    "Conv_2": "conv_shortcut",
+}
+# Diffusers GroupNorm names inside a resnet or attention -> ours.
+_NORMS = {"norm1": "GroupNorm_0", "norm2": "GroupNorm_1", "group_norm": "GroupNorm_0"}
+_ATTENTION_NAMES = {
+    "current": {"NIN_0": "to_q", "NIN_1": "to_k", "NIN_2": "to_v", "NIN_3": "to_out.0"},
+    "legacy": {"NIN_0": "query", "NIN_1": "key", "NIN_2": "value", "NIN_3": "proj_attn"},
+}
+
+
+class DiffusersCompatError(ValueError):
+    """A diffusers folder, config or state dict that this module cannot map onto ``NCSNpp``."""
+
+
+def _config_value(config: Mapping[str, Any], key: str) -> Any:
+    return config[key] if key in config else _DEFAULTS[key]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DiffusersCompatError(f"unsupported diffusers UNet2DModel config: {message}")
+
+
+def _image_size(config: Mapping[str, Any]) -> int:
+    size = config.get("sample_size")
+    if isinstance(size, list | tuple):
+        _require(len(size) == 2 and size[0] == size[1], f"non-square sample_size {size}")
+        size = size[0]
+    _require(isinstance(size, int) and size > 0, f"sample_size must be an int, got {size!r}")
+    return int(size)
+
+
+def ncsnpp_kwargs_from_diffusers(
+    config: Mapping[str, Any],
+    *,
+    sigma_min: float = 0.01,
+    sigma_max: float = 50.0,
+    num_scales: int = 1000,
+) -> dict[str, Any]:
+    """``NCSNpp`` keyword arguments equivalent to a score-SDE ``UNet2DModel`` config.
+
+    Checks everything listed as supported in the module docstring except the GroupNorm group
+    counts (``load_diffusers_ncsnpp`` checks those on the built model). ``sigma_min``,
+    ``sigma_max`` and ``num_scales`` only fill the ``sigmas`` buffer.
+
+    Raises:
+        DiffusersCompatError: the config describes a network NCSN++ cannot reproduce.
+    """
+    name = config.get("_class_name", "UNet2DModel")
+    _require(name == "UNet2DModel", f"_class_name {name!r} (expected 'UNet2DModel')")
+    down = list(config.get("down_block_types", ()))
+    up = list(config.get("up_block_types", ()))
+    channels = [int(c) for c in config.get("block_out_channels", ())]
+    n = len(channels)
+    _require(n > 0 and len(down) == n and len(up) == n, "block lists of different lengths")
+    _require(all(t in _DOWN_TYPES for t in down), f"down_block_types {down} (skip blocks only)")
+    _require(all(t in _UP_TYPES for t in up), f"up_block_types {up} (skip blocks only)")
+    attn_levels = [_DOWN_TYPES[t] for t in down]
+    _require(
+        attn_levels == [_UP_TYPES[t] for t in reversed(up)],
+        "attention in the down and up blocks at different levels",
+    )
+    fixed = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "time_embedding_type": "fourier",
+        "mid_block_type": "UNetMidBlock2D",
+        "resnet_time_scale_shift": "default",
+        "add_attention": True,
+        "class_embed_type": None,
+        "num_class_embeds": None,
+    }
+    for key, expected in fixed.items():
+        value = _config_value(config, key)
+        _require(value == expected, f"{key}={value!r} (expected {expected!r})")
+    act = _config_value(config, "act_fn")
+    _require(act in ("silu", "swish"), f"act_fn={act!r} (NCSN++ uses swish)")
+    eps = float(_config_value(config, "norm_eps"))
+    _require(math.isclose(eps, 1e-6, rel_tol=1e-6), f"norm_eps={eps} (NCSN++ uses 1e-6)")
+    scale = float(_config_value(config, "mid_block_scale_factor"))
+    _require(
+        math.isclose(scale, math.sqrt(2.0), rel_tol=1e-6),
+        f"mid_block_scale_factor={scale} (skip_rescale needs sqrt(2))",
+    )
+    nf = channels[0]
+    _require(all(c % nf == 0 for c in channels), f"block_out_channels {channels} not multiples")
+    temb_dim = _config_value(config, "time_embedding_dim")
+    _require(temb_dim in (None, 4 * nf), f"time_embedding_dim={temb_dim} (NCSN++ uses {4 * nf})")
+    head_dim = _config_value(config, "attention_head_dim")
+    attn_channels = {channels[-1]} | {c for c, a in zip(channels, attn_levels, strict=True) if a}
+    _require(
+        head_dim is None or attn_channels == {head_dim},
+        f"attention_head_dim={head_dim} gives multi-head attention (NCSN++ has one head)",
+    )
+    image_size = _image_size(config)
+    _require(image_size % 2 ** (n - 1) == 0, f"sample_size {image_size} not divisible by 2^{n - 1}")
+    return {
+        "image_size": image_size,
+        "num_channels": 3,
+        "nf": nf,
+        "ch_mult": tuple(c // nf for c in channels),
+        "num_res_blocks": int(_config_value(config, "layers_per_block")),
+        "attn_resolutions": tuple(image_size // 2**i for i in range(n) if attn_levels[i]),
+        "dropout": float(_config_value(config, "dropout")),
+        "resblock_type": "biggan",
+        "fir": True,
+        "fir_kernel": _FIR_KERNEL,
+        "skip_rescale": True,
+        "progressive": "output_skip",
+        "progressive_input": "input_skip",
+        "progressive_combine": "sum",
+        "embedding_type": "fourier",
+        "conditional": True,
+        "scale_by_sigma": True,
+        "centered": not bool(_config_value(config, "center_input_sample")),
+        "sigma_min": float(sigma_min),
+        "sigma_max": float(sigma_max),
+        "num_scales": int(num_scales),
+        "nonlinearity": "swish",
+    }
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One module of ``all_modules`` and its diffusers counterpart.
+
+    ``kind`` is ``'resnet'``, ``'attention'``, ``'combine'`` (a 1x1 ``Conv_0``), ``'fourier'`` or
+    ``'plain'`` (a Linear, Conv2d or GroupNorm whose parameters keep their names). ``groups`` maps
+    the diffusers name of each GroupNorm in it (relative to ``prefix``, ``''`` for the module
+    itself) to the group count diffusers gives it.
+    """
+
+    prefix: str
+    kind: str
+    groups: dict[str, int]
+
+
+def _resnet_groups(
+    block: nn.Module, norm1: int | None = None, norm2: int | None = None
+) -> dict[str, int]:
+    """Diffusers' group counts of a ``ResnetBlock2D`` standing for our BigGAN ``block``:
+    ``min(channels // 4, 32)`` unless given."""
+    c_in, c_out = block.GroupNorm_0.num_channels, block.GroupNorm_1.num_channels
+    return {
+        "norm1": min(c_in // 4, 32) if norm1 is None else norm1,
+        "norm2": min(c_out // 4, 32) if norm2 is None else norm2,
+    }
+
+
+def _diffusers_layout(model: NCSNpp, config: Mapping[str, Any]) -> list[_Entry]:
+    """The diffusers counterpart of every entry of ``model.all_modules``, in order: the walk of
+    diffusers' conversion script (time embedding, ``conv_in``, down blocks, mid block, up blocks,
+    ``conv_norm_out``/``conv_out``)."""
+    m = model.all_modules
+    channels = [int(c) for c in config["block_out_channels"]]
+    n, layers = len(channels), int(_config_value(config, "layers_per_block"))
+    attn = [_DOWN_TYPES[t] for t in config["down_block_types"]]
+    norm_groups = _config_value(config, "norm_num_groups")
+    mid_groups = norm_groups if norm_groups is not None else min(channels[-1] // 4, 32)
+    mid_attn_groups = _config_value(config, "attn_norm_num_groups") or mid_groups
+    out_groups = norm_groups if norm_groups is not None else min(channels[0] // 4, 32)
+    entries = [
+        _Entry("time_proj", "fourier", {}),
+        _Entry("time_embedding.linear_1", "plain", {}),
+        _Entry("time_embedding.linear_2", "plain", {}),
+        _Entry("conv_in", "plain", {}),
+    ]
+
+    def resnet(prefix: str, **groups: int | None) -> None:
+        entries.append(_Entry(prefix, "resnet", _resnet_groups(m[len(entries)], **groups)))
+
+    def attention(prefix: str, groups: int) -> None:
+        entries.append(_Entry(prefix, "attention", {"group_norm": groups}))
+
+    for i in range(n):
+        block = f"down_blocks.{i}"
+        for j in range(layers):
+            resnet(f"{block}.resnets.{j}")
+            if attn[i]:
+                attention(f"{block}.attentions.{j}", 32)
+        if i != n - 1:
+            resnet(f"{block}.resnet_down")
+            entries.append(_Entry(f"{block}.skip_conv", "combine", {}))
+    resnet("mid_block.resnets.0", norm1=mid_groups, norm2=mid_groups)
+    attention("mid_block.attentions.0", mid_attn_groups)
+    resnet("mid_block.resnets.1", norm1=mid_groups, norm2=mid_groups)
+    h_ch = channels[-1]
+    for k in range(n):
+        level, block = n - 1 - k, f"up_blocks.{k}"
+        for j in range(layers + 1):
+            total = m[len(entries)].GroupNorm_0.num_channels
+            # AttnSkipUpBlock2D computes min(h + skip // 4, 32) groups (operator precedence).
+            norm1 = min(h_ch + (total - h_ch) // 4, 32) if attn[level] else None
+            resnet(f"{block}.resnets.{j}", norm1=norm1)
+            h_ch = channels[level]
+        if attn[level]:
+            attention(f"{block}.attentions.0", 32)
+        if level != 0:
+            entries.append(_Entry(f"{block}.skip_norm", "plain", {"": min(h_ch // 4, 32)}))
+            entries.append(_Entry(f"{block}.skip_conv", "plain", {}))
+            resnet(f"{block}.resnet_up")
+        else:
+            entries.append(_Entry("conv_norm_out", "plain", {"": out_groups}))
+            entries.append(_Entry("conv_out", "plain", {}))
+    if len(entries) != len(m):
+        raise DiffusersCompatError(
+            f"NCSN++ has {len(m)} modules but the diffusers layout {len(entries)}"
+        )
+    return entries
+
+
+def _check_norms(model: NCSNpp, entries: list[_Entry], eps: float) -> None:
+    """Refuse unless every GroupNorm has the group count and ``eps`` diffusers gives it."""
+    problems = []
+    for index, entry in enumerate(entries):
+        module = model.all_modules[index]
+        for diffusers_name, groups in entry.groups.items():
+            norm = module if diffusers_name == "" else getattr(module, _NORMS[diffusers_name])
+            where = ".".join(p for p in (entry.prefix, diffusers_name) if p)
+            if norm.num_groups != groups:
+                problems.append(f"{where}: {groups} groups, NCSN++ {norm.num_groups}")
+            elif not math.isclose(norm.eps, eps, rel_tol=1e-6):
+                problems.append(f"{where}: eps {eps}, NCSN++ {norm.eps}")
+    if problems:
+        raise DiffusersCompatError(
+            f"diffusers' GroupNorms differ from NCSN++ ({len(problems)}), e.g. "
+            + "; ".join(problems[:3])
+        )
+
+
+def _checked_layout(model: NCSNpp, config: Mapping[str, Any]) -> list[_Entry]:
+    """``_diffusers_layout`` after ``_check_norms``: the layout of a network both compute alike."""
+    entries = _diffusers_layout(model, config)
+    _check_norms(model, entries, float(_config_value(config, "norm_eps")))
+    return entries
+
+
+def _key_map(
+    model: NCSNpp, entries: list[_Entry], attention_names: str
+) -> dict[str, tuple[str, bool]]:
+    """Our state-dict key -> (diffusers key, whether the tensor is transposed), ``sigmas``
+    excluded."""
+    names = _ATTENTION_NAMES[attention_names]
+    out: dict[str, tuple[str, bool]] = {}
+    for key in model.state_dict():
+        if key == "sigmas":
+            continue
+        _, index, rest = key.split(".", 2)
+        entry = entries[int(index)]
+        head, _, leaf = rest.rpartition(".")
+        if entry.kind == "fourier" and rest == "W":
+            out[key] = (f"{entry.prefix}.weight", False)
+        elif (entry.kind, head) in (("plain", ""), ("combine", "Conv_0")):
+            out[key] = (f"{entry.prefix}.{leaf}", False)
+        elif entry.kind == "resnet" and head in _RESNET_NAMES:
+            out[key] = (f"{entry.prefix}.{_RESNET_NAMES[head]}.{leaf}", False)
+        elif entry.kind == "attention" and head == "GroupNorm_0":
+            out[key] = (f"{entry.prefix}.group_norm.{leaf}", False)
+        elif entry.kind == "attention" and head in names and leaf in ("W", "b"):
+            suffix = "weight" if leaf == "W" else "bias"
+            out[key] = (f"{entry.prefix}.{names[head]}.{suffix}", leaf == "W")
+        else:
+            raise DiffusersCompatError(f"no diffusers counterpart for {key} ({entry.kind})")
+    return out
+
+
+def _require_config_model(model: NCSNpp, config: Mapping[str, Any]) -> None:
+    """Refuse unless ``model`` has the parameter shapes of the NCSN++ that ``config`` describes."""
+    with torch.device("meta"):
+        reference = NCSNpp(**ncsnpp_kwargs_from_diffusers(config))
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items() if k != "sigmas"}
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "sigmas"}
+    if expected != actual:
+        differing = sorted(set(expected.items()) ^ set(actual.items()))
+        raise DiffusersCompatError(
+            f"the NCSNpp model is not the network of the diffusers config "
+            f"({len(differing)} differing entries, e.g. {differing[:2]})"
+        )
+
+
+def ncsnpp_state_dict_to_diffusers(
+    model: NCSNpp, config: Mapping[str, Any], *, legacy_attention_names: bool = False
+) -> dict[str, Tensor]:
+    """``model``'s weights as a ``UNet2DModel`` state dict for ``config`` (the forward direction
+    of diffusers' conversion script; ``sigmas`` has no counterpart and is dropped).
+
+    Attention weights ``NIN_k.W`` ``(in, out)`` become ``Linear`` weights ``(out, in)`` under the
+    current names, or the legacy ones (``query`` ...) with ``legacy_attention_names``.
+
+    Raises:
+        DiffusersCompatError: ``config`` is unsupported, ``model`` is not its network, or diffusers
+            would normalise differently (one line).
+    """
+    _require_config_model(model, config)
+    names = "legacy" if legacy_attention_names else "current"
+    mapping = _key_map(model, _checked_layout(model, config), names)
+    sd = model.state_dict()
+    return {
+        name: (sd[ours].t() if transpose else sd[ours]).detach().clone().contiguous()
+        for ours, (name, transpose) in mapping.items()
+    }
+
+
+def diffusers_state_dict_to_ncsnpp(
+    model: NCSNpp, config: Mapping[str, Any], sd: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """A ``UNet2DModel`` state dict as ``model``'s state dict (``sigmas`` kept from ``model``).
+
+    Accepts current or legacy attention names and ``time_proj.weight`` and/or ``time_proj.W``.
+
+    Raises:
+        DiffusersCompatError: as ``ncsnpp_state_dict_to_diffusers``, or missing, unexpected or
+            wrongly shaped tensors (one line).
+    """
+    _require_config_model(model, config)
+    return _to_ncsnpp(model, config, sd)
+
+
+def _to_ncsnpp(
+    model: NCSNpp, config: Mapping[str, Any], sd: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """``diffusers_state_dict_to_ncsnpp`` for a ``model`` known to be the config's network."""
+    sd = dict(sd)
+    legacy_w = sd.pop("time_proj.W", None)
+    if legacy_w is not None:
+        weight = sd.setdefault("time_proj.weight", legacy_w)
+        if not torch.equal(weight, legacy_w):
+            raise DiffusersCompatError("time_proj.weight and time_proj.W differ")
+    names = "legacy" if any(k.endswith(".query.weight") for k in sd) else "current"
+    mapping = _key_map(model, _checked_layout(model, config), names)
+    wanted = {name for name, _ in mapping.values()}
+    missing = sorted(wanted - set(sd))
+    unexpected = sorted(set(sd) - wanted)
+    if missing or unexpected:
+        raise DiffusersCompatError(
+            f"diffusers state dict does not fit the config: missing {missing[:3]} "
+            f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})"
+        )
+    ours = model.state_dict()
+    out = {"sigmas": ours["sigmas"]}
+    for key, (name, transpose) in mapping.items():
+        value = sd[name].t() if transpose else sd[name]
+        if tuple(value.shape) != tuple(ours[key].shape):
+            raise DiffusersCompatError(
+                f"{name} has shape {tuple(sd[name].shape)}, expected that of {key} "
+                f"{tuple(ours[key].shape)}{' transposed' if transpose else ''}"
+            )
+        out[key] = value.to(ours[key].dtype)
+    return {key: out[key] for key in ours}
+
+
+def _model_folder(folder: Path) -> Path:
+    """``folder`` itself, or its ``unet/`` subfolder (a saved diffusers pipeline)."""
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "unet" / "config.json").is_file():
+        return folder / "unet"
+    raise FileNotFoundError(f"no diffusers config.json in {folder} or {folder / 'unet'}")
+
+
+def _load_weights(folder: Path) -> dict[str, Tensor]:
+    """The tensors of the first of ``WEIGHT_FILES`` present in ``folder`` (safely, on CPU)."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".safetensors":
+            return load_file(path, device="cpu")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DiffusersCompatError(
+                f"refusing {path}: not a plain tensor file ({reason})"
+            ) from None
+        if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+            raise DiffusersCompatError(f"{path} is not a state dict of tensors")
+        return dict(sd)
+    raise FileNotFoundError(f"none of {list(WEIGHT_FILES)} in {folder}")
+
+
+def load_diffusers_ncsnpp(
+    folder: str | os.PathLike[str],
+    *,
+    sigma_min: float = 0.01,
+    sigma_max: float = 50.0,
+    num_scales: int = 1000,
+    device: str | torch.device = "cpu",
+) -> NCSNpp:
+    """An ``NCSNpp`` (eval mode) with the weights of a score-SDE diffusers ``UNet2DModel`` folder.
+
+    Args:
+        folder: the model folder (``config.json`` + weights) or a pipeline folder with ``unet/``.
+        sigma_min, sigma_max, num_scales: fill the ``sigmas`` buffer (e.g. from the pipeline's
+            ``ScoreSdeVeScheduler`` config); they do not change the network's outputs.
+        device: where the returned model lives.
+
+    Returns:
+        The network; call it as ``model(x (B, 3, H, W), sigma (B,)) -> (B, 3, H, W)``, the
+        ``UNet2DModel``'s ``sample`` output for ``timestep = sigma``.
+
+    Raises:
+        FileNotFoundError: no config or weight file.
+        DiffusersCompatError: anything the module docstring lists as unsupported (one line).
+    """
+    model_dir = _model_folder(Path(folder))
+    config = json.loads((model_dir / "config.json").read_text())
+    kwargs = ncsnpp_kwargs_from_diffusers(
+        config, sigma_min=sigma_min, sigma_max=sigma_max, num_scales=num_scales
+    )
+    model = NCSNpp(**kwargs)
+    _checked_layout(model, config)  # refuse before reading the weights
+    sd = _to_ncsnpp(model, config, _load_weights(model_dir))
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()
