@@ -1,10 +1,6 @@
-"""Shared set-up for the benchmark scripts: the demo network and a timing helper."""
+"""Shared set-up for the benchmark scripts: the demo network."""
 
 from __future__ import annotations
-
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -22,15 +18,3 @@ def demo_network(sde_kind: str = "subvp", batch: int = 64, seed: int = 0):
     score_fn = build_score_fn(model, sde, cfg.model)
     x = sde.prior_sampling((batch, *data_shape(cfg.data)), torch.Generator().manual_seed(seed))
     return cfg, sde, model, score_fn, x
-
-
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

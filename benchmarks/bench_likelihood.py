@@ -12,7 +12,8 @@ import argparse
 import torch
 
 import scoresde
-from _common import demo_network, median_time
+from _common import demo_network
+from scoresde.threads import median_seconds
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
         out = model(xr, labels)
         torch.autograd.grad(out, xr, v)
 
-    unit = median_time(forward_vjp, repeats=30, warmup=3)
+    unit = median_seconds(forward_vjp, repeats=30, warmup=3)
 
     def run() -> int:
         return scoresde.log_likelihood(
@@ -40,7 +41,7 @@ def main() -> None:
         )[2]
 
     nfe = run()
-    total = median_time(run, repeats=a.repeats, warmup=0)
+    total = median_seconds(run, repeats=a.repeats, warmup=0)
     print(f"forward + VJP, batch {a.batch}: {unit * 1e3:.3f} ms (median of 30)")
     print(
         f"log_likelihood (dopri5, rtol=atol=1e-5, NFE {nfe}): {total:.3f} s, "

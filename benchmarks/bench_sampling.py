@@ -12,7 +12,8 @@ import argparse
 import torch
 
 import scoresde
-from _common import demo_network, median_time
+from _common import demo_network
+from scoresde.threads import median_seconds
 
 
 def main() -> None:
@@ -28,16 +29,16 @@ def main() -> None:
     labels = sde.network_labels(t)
 
     with torch.no_grad():
-        forward = median_time(lambda: model(x, labels), repeats=50, warmup=5)
+        forward = median_seconds(lambda: model(x, labels), repeats=50, warmup=5)
         pc_nfe = a.steps * 2 + 1
-        pc = median_time(
+        pc = median_seconds(
             lambda: scoresde.pc_sample(
                 sde, score_fn, x, num_steps=a.steps, generator=torch.Generator().manual_seed(0)
             ),
             repeats=a.repeats,
         )
         nfe = scoresde.ode_sample(sde, score_fn, x)[1]
-        ode = median_time(lambda: scoresde.ode_sample(sde, score_fn, x), repeats=a.repeats)
+        ode = median_seconds(lambda: scoresde.ode_sample(sde, score_fn, x), repeats=a.repeats)
 
     print(f"network forward, batch {a.batch}: {forward * 1e3:.3f} ms (median of 50)")
     print(

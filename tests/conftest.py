@@ -93,7 +93,7 @@ def check_mixture():
 
 @pytest.fixture(scope="session")
 def fake_cifar10_tarball(tmp_path_factory):
-    """A tiny ``cifar-10-python.tar.gz`` in the real layout: 5 train batches + test, 8 images each."""
+    """A tiny ``cifar-10-python.tar.gz``: the real layout, 5 train batches + test, 8 images each."""
     import io
     import pickle
     import tarfile

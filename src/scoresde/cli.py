@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
     d.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    d.add_argument("--minutes", type=float, help="training time budget in minutes")
+    d.add_argument(
+        "--minutes", type=float, default=3.0, help="training time budget in minutes (default: 3)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     d.add_argument(
@@ -59,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field, e.g. sample.num_steps=500 (repeatable)",
+    )
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: time 1 and all, keep the faster)",
     )
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -74,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. train.lr=1e-4 (repeatable)",
     )
     t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: time 1 and all, keep the faster)",
+    )
     t.add_argument("--no-progress", action="store_true")
 
     s = add("sample", "Draw samples from a trained checkpoint.")
@@ -91,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a sample.* field, e.g. sample.num_steps=500",
     )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: time 1 and all, keep the faster)",
+    )
     s.add_argument("--no-progress", action="store_true")
 
     lk = add("likelihood", "Negative log-likelihood (bits/dim for images) of a data split.")
@@ -107,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override an eval.* field, e.g. eval.trace=hutchinson-gaussian",
     )
+    lk.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: time 1 and all, keep the faster)",
+    )
     lk.add_argument("--no-progress", action="store_true")
 
     add("presets", "List the experiment presets.")
@@ -115,10 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src", type=Path, help="the official .pth checkpoint")
     c.add_argument("out", type=Path, help="output folder (checkpoint.safetensors, config.json)")
     c.add_argument("--preset", help="the experiment's preset, e.g. ve_cifar10_ncsnpp_continuous")
-    c.add_argument("--official-config", type=Path,
-                   help="the official config as JSON (default: <src stem>.config.json)")
-    c.add_argument("--raw-weights", action="store_true",
-                   help="keep the raw weights instead of the EMA ones")
+    c.add_argument(
+        "--official-config",
+        type=Path,
+        help="the official config as JSON (default: <src stem>.config.json)",
+    )
+    c.add_argument(
+        "--raw-weights", action="store_true", help="keep the raw weights instead of the EMA ones"
+    )
     return p
 
 
@@ -137,13 +167,24 @@ def _overrides(run_cfg, items: list[str], section: str) -> dict:
     }
 
 
+def _threads(a) -> bool:
+    """Apply ``--threads N``; returns whether the command should tune the count itself (N = 0)."""
+    if a.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {a.threads}")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    return a.threads == 0
+
+
 def _cmd_demo(a) -> int:
     from scoresde.demo import demo_config, run_demo
 
     cfg = demo_config(
         a.sde, steps=a.steps, minutes=a.minutes, seed=a.seed, device=a.device, overrides=a.overrides
     )
-    report = run_demo(cfg, a.out, progress=not a.no_progress)
+    report = run_demo(cfg, a.out, progress=not a.no_progress, tune_threads=_threads(a))
     print(json.dumps(report, indent=2))
     print(f"wrote {a.out}/samples_pc.png, samples_ode.png, inpainting.png, loss.png, report.json")
     return 0
@@ -158,7 +199,7 @@ def _cmd_train(a) -> int:
         raise ValueError("give --preset or --config, not both")
     cfg = get_preset(a.preset) if a.preset else load_config(a.config) if a.config else Config()
     cfg = apply_overrides(cfg, a.overrides)
-    result = train(cfg, a.out, progress=not a.no_progress)
+    result = train(cfg, a.out, progress=not a.no_progress, tune_threads=_threads(a))
     print(
         json.dumps(
             {
@@ -181,7 +222,13 @@ def _cmd_sample(a) -> int:
     run = load_trained(a.checkpoint, device=a.device)
     opts = _overrides(run.cfg, a.overrides, "sample")
     samples, info = generate(
-        run, a.num_samples, method=a.method, seed=a.seed, progress=not a.no_progress, **opts
+        run,
+        a.num_samples,
+        method=a.method,
+        seed=a.seed,
+        progress=not a.no_progress,
+        tune_threads=_threads(a),
+        **opts,
     )
     a.out.mkdir(parents=True, exist_ok=True)
     np.save(a.out / "samples.npy", samples.numpy())
@@ -202,7 +249,9 @@ def _cmd_likelihood(a) -> int:
     if a.num_examples:
         opts["num_examples"] = a.num_examples
     data = load_split(run.cfg.data, a.split)
-    result = evaluate_likelihood(run, data, seed=a.seed, progress=not a.no_progress, **opts)
+    result = evaluate_likelihood(
+        run, data, seed=a.seed, progress=not a.no_progress, tune_threads=_threads(a), **opts
+    )
     result.pop("per_example")
     print(json.dumps({"split": a.split, **result}))
     return 0
@@ -221,8 +270,9 @@ def _cmd_convert(a) -> int:
 
     if a.preset and a.official_config:
         raise ValueError("give --preset or --official-config, not both")
-    path = convert_official(a.src, a.out, preset=a.preset, official_config=a.official_config,
-                            use_ema=not a.raw_weights)
+    path = convert_official(
+        a.src, a.out, preset=a.preset, official_config=a.official_config, use_ema=not a.raw_weights
+    )
     print(json.dumps({"checkpoint": str(path), "config": str(a.out / "config.json")}))
     return 0
 

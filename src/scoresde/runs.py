@@ -22,6 +22,7 @@ from scoresde.likelihood import dequantized_bpd, log_likelihood
 from scoresde.sampling import ode_sample, pc_sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
+from scoresde.threads import tune_num_threads
 from scoresde.training.checkpoint import CheckpointError, load_checkpoint
 from scoresde.training.ema import ema_model_state_dict
 
@@ -45,6 +46,23 @@ class TrainedModel:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    def tune_threads(self, batch_size: int, *, with_grad: bool = False) -> int:
+        """Pick the CPU thread count for this network at ``batch_size`` (:mod:`scoresde.threads`);
+        ``with_grad`` times a forward plus an input gradient, as the likelihood needs."""
+        x = torch.zeros(batch_size, *self.shape, device=self.device)
+        t = torch.full((batch_size,), 0.5, device=self.device)
+        score_fn = self.score_fn
+
+        def call() -> None:
+            if not with_grad:
+                score_fn(x, t)
+                return
+            with torch.enable_grad():
+                xr = x.clone().requires_grad_(True)
+                torch.autograd.grad(score_fn(xr, t).sum(), xr)
+
+        return tune_num_threads(call, device=self.device)
 
 
 def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True) -> TrainedModel:
@@ -77,6 +95,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    tune_threads: bool = False,
     **overrides: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Draw samples in data scale with the PC sampler or the probability-flow ODE.
@@ -89,6 +108,8 @@ def generate(
     """
     sc = replace(run.cfg.sample, **overrides)
     gen = run.generator(seed)
+    if tune_threads:
+        run.tune_threads(min(batch_size, num_samples))
     out, info = [], {"method": method}
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
@@ -121,6 +142,7 @@ def evaluate_likelihood(
     *,
     seed: int = 0,
     progress: bool = False,
+    tune_threads: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Negative log-likelihood of ``data`` (data scale) under the probability-flow ODE.
@@ -134,6 +156,8 @@ def evaluate_likelihood(
     ec = replace(run.cfg.eval, **overrides)
     if ec.num_examples:
         data = data[: ec.num_examples]
+    if tune_threads:
+        run.tune_threads(min(ec.batch_size, data.shape[0]), with_grad=True)
     gen = run.generator(seed)
     opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps)
     values, nfes = [], []
@@ -175,11 +199,14 @@ def inpaint_images(
     *,
     seed: int = 0,
     progress: bool = False,
+    tune_threads: bool = False,
     **overrides: Any,
 ) -> Tensor:
     """Complete ``images`` (data scale) where ``mask == 0`` with the unconditional model."""
     sc = replace(run.cfg.sample, **overrides)
     gen = run.generator(seed)
+    if tune_threads:
+        run.tune_threads(images.shape[0])
     y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
     out = inpaint(
         run.sde,

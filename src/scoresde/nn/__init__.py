@@ -1,1 +1,15 @@
-"""Score networks. They map ``(x, labels) -> output`` and know nothing about SDEs."""
+"""Score networks. They map ``(x, labels) -> output`` and know nothing about SDEs.
+
+``NCSNpp`` is NCSN++ and DDPM++ (Song et al., 2021); ``DDPM`` (Ho et al., 2020), ``NCSN`` and
+``NCSNv2`` (Song & Ermon, 2019, 2020) are the paper's baselines; ``SmallUNet`` and ``ScoreMLP``
+are small networks for the digits demo and 2-D toy data. Official checkpoints load through
+:mod:`scoresde.nn.official`.
+"""
+
+from scoresde.nn.ddpm import DDPM
+from scoresde.nn.mlp import ScoreMLP
+from scoresde.nn.ncsn import NCSN, NCSNv2
+from scoresde.nn.ncsnpp import NCSNpp
+from scoresde.nn.unet import SmallUNet
+
+__all__ = ["DDPM", "NCSN", "NCSNpp", "NCSNv2", "ScoreMLP", "SmallUNet"]

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
 from scoresde.config import Config, config_from_dict, config_to_dict, save_config
-from scoresde.data.pipeline import to_model_scale, train_batches
+from scoresde.data.pipeline import data_shape, to_model_scale, train_batches
+from scoresde.threads import tune_num_threads
 from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
 from scoresde.training.ema import EMA
 
@@ -37,13 +38,20 @@ def warmup_lr(step: int, lr: float, warmup: int) -> float:
 
 
 def train(
-    cfg: Config, workdir: str | Path, *, progress: bool = True, resume: bool = True
+    cfg: Config,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    tune_threads: bool = False,
 ) -> TrainResult:
     """Train a score model as ``cfg`` says, writing ``config.json`` and a checkpoint to ``workdir``.
 
     Training runs for ``cfg.train.steps`` steps or ``cfg.train.minutes`` of wall time, whichever
     comes first. With ``resume`` an existing checkpoint in ``workdir`` (from the same config)
-    is continued bit-exactly from its step.
+    is continued bit-exactly from its step (in-memory data; image datasets restart their
+    shuffled epoch). ``tune_threads`` picks the faster of 1 and all CPU threads for this model
+    (:func:`scoresde.threads.tune_num_threads`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +61,10 @@ def train(
     model = build_model(cfg).to(device)
     ema = EMA(model, tc.ema_decay)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999), eps=tc.adam_eps,
+        model.parameters(),
+        lr=tc.lr,
+        betas=(tc.beta1, 0.999),
+        eps=tc.adam_eps,
         weight_decay=tc.weight_decay,
     )
     loss_fn = build_loss(cfg, sde)
@@ -67,6 +78,11 @@ def train(
         step = _restore(ckpt_path, cfg, model, ema, optimizer, generator, data_generator)
     batches = train_batches(cfg.data, tc.batch_size, generator=data_generator)
     save_config(cfg, workdir / "config.json")
+    if tune_threads:
+        probe = torch.zeros(tc.batch_size, *data_shape(cfg.data), device=device)
+        t = torch.full((tc.batch_size,), 0.5, device=device)
+        tune_num_threads(lambda: score_fn(probe, t).square().mean().backward(), device=device)
+        optimizer.zero_grad(set_to_none=True)
 
     losses: list[tuple[int, float]] = []
     start = time.perf_counter()
