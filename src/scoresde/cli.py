@@ -260,8 +260,10 @@ def _cmd_likelihood(a) -> int:
 def _cmd_presets(a) -> int:
     from scoresde.presets import PRESETS
 
+    width = max(map(len, PRESETS))
     for name, fn in PRESETS.items():
-        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        summary = (fn.__doc__ or "").strip().splitlines()[0].replace("``", "")
+        print(f"{name:{width}s}  {summary}")
     return 0
 
 
@@ -301,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"scoresde {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `scoresde presets | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"scoresde {args.command}: interrupted", file=sys.stderr)
         return 130
