@@ -15,12 +15,16 @@ The reference column is the official ``score_sde_pytorch`` on 2 CPU cores at bat
 above 1 means we are faster. Run:
 
     python benchmarks/bench_models.py [--presets ncsnpp ddpmpp] [--variants default channels_last]
-        [--batch 4] [--repeats 5] [--device cpu|cuda] [--compile-timeout 300] [--no-train]
+        [--batch 4] [--repeats 5] [--rounds 1] [--device cpu|cuda] [--compile-timeout 300]
+        [--no-train] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -58,7 +62,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def timings(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
     times = []
     for _ in range(repeats):
         sync(device)
@@ -66,7 +70,7 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def maxrss_mb() -> float:
@@ -78,11 +82,11 @@ def reset_peak(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
-    try:  # Linux >= 4.0: resets VmHWM, hence ru_maxrss, to the current RSS
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # return freed heap pages to the OS
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux >= 4.0: resets VmHWM, hence ru_maxrss, to the current RSS
     return maxrss_mb()
 
 
@@ -116,6 +120,12 @@ def warmup(fn: Callable[[], object], n: int, compile_timeout: float | None) -> f
     return first
 
 
+def timeout_in_chain(e: BaseException | None) -> CompileTimeoutError | None:
+    while e is not None and not isinstance(e, CompileTimeoutError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def measure(a: argparse.Namespace) -> dict:
     """Time and memory of one (preset, variant) configuration: runs in its own process."""
     device = torch.device(a.device)
@@ -124,7 +134,8 @@ def measure(a: argparse.Namespace) -> dict:
     kwargs = make_kwargs()
     model = NCSNpp(**kwargs).to(device)
     sde = sde_cls()
-    x = torch.rand(a.batch, kwargs["num_channels"], 32, 32, device=device)
+    size = kwargs["image_size"]
+    x = torch.rand(a.batch, kwargs["num_channels"], size, size, device=device)
     if kwargs["centered"]:
         x = 2 * x - 1
     labels = sde.network_labels(torch.full((a.batch,), 0.5, device=device))
@@ -152,7 +163,7 @@ def measure(a: argparse.Namespace) -> dict:
         model.train(mode == "train")
         out[f"{name}_first_s"] = warmup(fn, a.warmup, compile_timeout)
         reset_peak(device)
-        out[f"{name}_s"] = median_time(fn, a.repeats, device)
+        out[f"{name}_times"] = timings(fn, a.repeats, device)
         out[f"{name}_peak_mb"] = max(peak_mb(device) - weights_mb, 0.0)
     return out
 
@@ -161,7 +172,7 @@ def measure(a: argparse.Namespace) -> dict:
 
 
 def run_config(a: argparse.Namespace, preset: str, variant: str) -> dict:
-    """Measure one configuration in a fresh interpreter (clean ru_maxrss, no shared caches)."""
+    """Measure one configuration in a fresh interpreter (clean ru_maxrss and allocator)."""
     cmd = [sys.executable, __file__, "--worker", preset, variant, "--device", a.device]
     cmd += ["--batch", str(a.batch), "--repeats", str(a.repeats), "--warmup", str(a.warmup)]
     cmd += ["--compile-timeout", str(a.compile_timeout)] + (["--no-train"] if a.no_train else [])
@@ -169,15 +180,33 @@ def run_config(a: argparse.Namespace, preset: str, variant: str) -> dict:
         cmd += ["--threads", str(a.threads)]
     # backstop only: the worker itself aborts a first (compiling) call after --compile-timeout
     timeout = a.worker_timeout + (2 * a.compile_timeout if variant == "compile" else 0)
+    load = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"worker killed after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
+            return {**json.loads(line[len("RESULT ") :]), "load": max(load, os.getloadavg()[0])}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": f"worker exit {proc.returncode}: {tail[:200]}"}
+
+
+def merge(rounds: list[dict]) -> dict:
+    """Pool the timings of all successful rounds of one configuration (medians of the rest)."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    out = {}
+    for key in ok[0]:
+        values = [r[key] for r in ok]
+        if key.endswith("_times"):
+            out[key[: -len("_times")] + "_s"] = statistics.median(t for ts in values for t in ts)
+        elif key == "load":
+            out[key] = max(values)
+        else:
+            out[key] = statistics.median(values)
+    return out
 
 
 def fmt(v: float | None, spec: str = ".3f") -> str:
@@ -185,11 +214,12 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
 
 
 def report(a: argparse.Namespace, results: list[tuple[str, str, dict]]) -> None:
-    mem = "MiB alloc" if a.device == "cuda" else "MiB RSS"
+    mem = "MiB alloc" if a.device.startswith("cuda") else "MiB RSS"
     has_ref = a.device == "cpu" and a.batch == 4
     head = (
         f"{'network':<13} {'variant':<14} {'fwd s':>7} {'off.':>5} {'off/us':>6} "
-        f"{'train s':>8} {'off.':>5} {'off/us':>6} {'fwd ' + mem:>13} {'train ' + mem:>15}"
+        f"{'train s':>8} {'off.':>5} {'off/us':>6} {'fwd ' + mem:>12} {'train ' + mem:>14} "
+        f"{'load':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -205,16 +235,23 @@ def report(a: argparse.Namespace, results: list[tuple[str, str, dict]]) -> None:
         print(
             f"{title:<13} {variant:<14} {fmt(fwd):>7} {fmt(ref_fwd, '.2f'):>5} "
             f"{fmt(ratio_fwd, '.2f'):>6} {fmt(train):>8} {fmt(ref_train, '.2f'):>5} "
-            f"{fmt(ratio_train, '.2f'):>6} {fmt(r['fwd_peak_mb'], '.0f'):>13} "
-            f"{fmt(r.get('train_peak_mb'), '.0f'):>15}"
+            f"{fmt(ratio_train, '.2f'):>6} {fmt(r['fwd_peak_mb'], '.0f'):>12} "
+            f"{fmt(r.get('train_peak_mb'), '.0f'):>14} {r['load']:>5.1f}"
         )
         if variant == "compile":
             first = f"first forward {r['fwd_first_s']:.1f} s"
             if "train_first_s" in r:
                 first += f", first train step {r['train_first_s']:.1f} s"
             print(f"{'':<28} (compilation: {first})")
+    print(
+        "seconds: medians; off. = official score_sde_pytorch (2 CPU cores, batch 4); off/us > 1: "
+        "we are faster; memory: peak above the resident weights; load: 1-min load average"
+    )
     if not has_ref:
-        print("(official figures are for CPU at batch 4 only)")
+        print("(the official figures are for CPU at batch 4 only)")
+    cores = os.cpu_count() or 1
+    if any(r.get("load", 0) > cores for *_, r in results):
+        print(f"warning: load average above {cores} cores; other processes skew these timings")
 
 
 def main() -> None:
@@ -222,7 +259,8 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per round")
+    p.add_argument("--rounds", type=int, default=1, help="sweeps; timings of all are pooled")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (>= 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: only if available)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -242,6 +280,7 @@ def main() -> None:
         try:
             result = measure(a)
         except Exception as e:  # a failing variant (e.g. compile) is reported, not fatal
+            e = timeout_in_chain(e) or e  # torch.compile wraps the alarm's exception
             first_line = (str(e).strip().splitlines() or [""])[0]
             result = {"error": f"{type(e).__name__}: {first_line[:200]}"}
         print("RESULT " + json.dumps(result), flush=True)
@@ -249,18 +288,20 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, device {a.device}, {torch.get_num_threads()} threads, "
-        f"batch {a.batch}, {a.warmup} warmup + median of {a.repeats}"
+        f"batch {a.batch}, {a.warmup} warmup + {a.repeats} timed calls x {a.rounds} round(s)"
     )
-    results = []
-    for preset in a.presets:
-        for variant in a.variants:
+    configs = [(preset, variant) for preset in a.presets for variant in a.variants]
+    rounds: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    for i in range(a.rounds):
+        for preset, variant in configs:
             start = time.perf_counter()
             r = run_config(a, preset, variant)
+            rounds[preset, variant].append(r)
+            status = r.get("error", f"load {r.get('load', 0):.1f}")
             elapsed = time.perf_counter() - start
-            print(f"  {preset}/{variant} measured in {elapsed:.0f} s", flush=True)
-            results.append((preset, variant, r))
+            print(f"  round {i + 1}: {preset}/{variant} in {elapsed:.0f} s ({status})", flush=True)
     print()
-    report(a, results)
+    report(a, [(preset, variant, merge(rounds[preset, variant])) for preset, variant in configs])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained network, its EMA and the loss curve."""
+    """What :func:`train` returns: the trained network, its EMA and the loss curve.
+
+    ``losses`` holds ``(step, mean loss over the steps since the previous entry)``.
+    """
 
     model: nn.Module
     ema: EMA
@@ -85,6 +88,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
 
     losses: list[tuple[int, float]] = []
+    window_sum, window_len = torch.zeros((), device=device), 0
     start = time.perf_counter()
     bar = tqdm(total=tc.steps, initial=step, desc="training", disable=not progress)
     model.train()
@@ -102,13 +106,16 @@ def train(
         ema.update(model)
         step += 1
         bar.update(1)
-        # Logging and checkpoints; .item() is a device sync, so only every log_every steps.
-        if step % tc.log_every == 0 or step == tc.steps:
-            losses.append((step, loss.item()))
+        window_sum, window_len = window_sum + loss.detach(), window_len + 1
+        out_of_time = bool(tc.minutes) and time.perf_counter() - start > 60 * tc.minutes
+        # Log the mean loss since the last log; .item() is a device sync, so only now and then.
+        if step % tc.log_every == 0 or step == tc.steps or out_of_time:
+            losses.append((step, (window_sum / window_len).item()))
+            window_sum, window_len = torch.zeros((), device=device), 0
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             _save(ckpt_path, cfg, model, ema, optimizer, (generator, data_generator), step)
-        if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
+        if out_of_time:
             break
     bar.close()
     model.eval()
