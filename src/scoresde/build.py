@@ -89,18 +89,27 @@ def _image_net_common(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
     )
 
 
+def _unet_common(m: ModelConfig) -> dict[str, Any]:
+    """Options NCSN++ and DDPM share."""
+    return dict(
+        ch_mult=m.ch_mult,
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=m.attn_resolutions,
+        dropout=m.dropout,
+        resamp_with_conv=m.resamp_with_conv,
+        conditional=m.conditional,
+        num_classes=m.num_classes or None,
+    )
+
+
 def _ncsnpp(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
     from scoresde.nn.ncsnpp import NCSNpp
 
     m = cfg.model
     return NCSNpp(
         **_image_net_common(cfg, shape),
+        **_unet_common(m),
         **_embedding(m),
-        ch_mult=m.ch_mult,
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=m.attn_resolutions,
-        dropout=m.dropout,
-        resamp_with_conv=m.resamp_with_conv,
         resblock_type=m.resblock_type,
         fir=m.fir,
         fir_kernel=m.fir_kernel,
@@ -109,25 +118,16 @@ def _ncsnpp(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
         progressive_input=m.progressive_input,
         progressive_combine=m.progressive_combine,
         init_scale=m.init_scale,
-        conditional=m.conditional,
-        num_classes=m.num_classes or None,
     )
 
 
 def _ddpm(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
     from scoresde.nn.ddpm import DDPM
 
-    m = cfg.model
     return DDPM(
         **_image_net_common(cfg, shape),
-        ch_mult=m.ch_mult,
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=m.attn_resolutions,
-        dropout=m.dropout,
-        resamp_with_conv=m.resamp_with_conv,
-        conditional=m.conditional,
-        scale_by_sigma=m.scale_by_sigma,
-        num_classes=m.num_classes or None,
+        **_unet_common(cfg.model),
+        scale_by_sigma=cfg.model.scale_by_sigma,
     )
 
 

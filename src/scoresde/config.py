@@ -92,6 +92,23 @@ class ModelConfig:
     ncsnv2_variant: int = 0
 
 
+def model_config_from_network(
+    name: str, kwargs: dict[str, Any], *, continuous: bool, **changes: Any
+) -> ModelConfig:
+    """A :class:`ModelConfig` from a network's keyword arguments (e.g. an ``nn`` preset).
+
+    Keys that are not model fields (image size, channels, noise scales, ``centered``) belong to
+    the data and SDE configs and are dropped; NCSNv2's ``variant`` becomes ``ncsnv2_variant``.
+    ``changes`` override individual kwargs first.
+    """
+    kwargs = {**kwargs, **changes}
+    names = {f.name for f in fields(ModelConfig)}
+    values = {k: v for k, v in kwargs.items() if k in names}
+    if "variant" in kwargs:
+        values["ncsnv2_variant"] = kwargs["variant"]
+    return ModelConfig(name=name, continuous=continuous, **values)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation: Adam with linear warmup, gradient clipping and an EMA of the weights.

@@ -19,11 +19,11 @@ from scoresde.build import build_model
 from scoresde.config import (
     Config,
     DataConfig,
-    ModelConfig,
     SampleConfig,
     SDEConfig,
     TrainConfig,
     config_to_dict,
+    model_config_from_network,
     save_config,
 )
 from scoresde.nn.official import (
@@ -37,8 +37,13 @@ from scoresde.nn.official import (
 from scoresde.presets import get_preset
 from scoresde.training.checkpoint import save_checkpoint
 
-_DATASETS = {"CIFAR10": "cifar10", "CELEBA": "celeba", "LSUN": "lsun", "CelebAHQ": "celebahq",
-             "FFHQ": "ffhq"}
+_DATASETS = {
+    "CIFAR10": "cifar10",
+    "CELEBA": "celeba",
+    "LSUN": "lsun",
+    "CelebAHQ": "celebahq",
+    "FFHQ": "ffhq",
+}
 _SDES = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
 _NETWORKS = {"NCSNpp": "ncsnpp", "DDPM": "ddpm", "NCSN": "ncsn", "NCSNv2": "ncsnv2"}
 
@@ -52,36 +57,50 @@ def config_from_official(official: dict[str, Any]) -> Config:
         data, model, training = official["data"], official["model"], official["training"]
         sampling, optim = official["sampling"], official["optim"]
         network = official_network(model, data)
-        net_fields = ModelConfig.__dataclass_fields__
-        kwargs = {k: v for k, v in network.kwargs.items() if k in net_fields}
-        if "variant" in network.kwargs:
-            kwargs["ncsnv2_variant"] = network.kwargs["variant"]
+        net = model_config_from_network(
+            _NETWORKS[network.network_class],
+            network.kwargs,
+            continuous=bool(training["continuous"]),
+        )
         return Config(
-            data=DataConfig(dataset=_DATASETS.get(data["dataset"], "folder"),
-                            image_size=int(data["image_size"]), centered=bool(data["centered"]),
-                            dequantize=bool(data.get("uniform_dequantization", False)),
-                            random_flip=bool(data.get("random_flip", True)), levels=256),
-            sde=SDEConfig(kind=_SDES[training["sde"]],
-                          sigma_min=float(model["sigma_min"]),
-                          sigma_max=float(model["sigma_max"]),
-                          beta_min=float(model.get("beta_min", 0.1)),
-                          beta_max=float(model.get("beta_max", 20.0)),
-                          N=int(model["num_scales"])),
-            model=ModelConfig(name=_NETWORKS[network.network_class],
-                              continuous=bool(training["continuous"]), **kwargs),
-            train=TrainConfig(steps=int(training["n_iters"]),
-                              batch_size=int(training["batch_size"]), lr=float(optim["lr"]),
-                              beta1=float(optim["beta1"]), adam_eps=float(optim["eps"]),
-                              weight_decay=float(optim["weight_decay"]),
-                              warmup=int(optim["warmup"]), grad_clip=float(optim["grad_clip"]),
-                              ema_decay=float(model["ema_rate"]),
-                              likelihood_weighting=bool(training["likelihood_weighting"]),
-                              reduce="mean" if training["reduce_mean"] else "sum"),
-            sample=SampleConfig(predictor=sampling["predictor"],
-                                corrector=sampling["corrector"], snr=float(sampling["snr"]),
-                                n_steps=int(sampling["n_steps_each"]),
-                                num_steps=int(model["num_scales"]),
-                                denoise=bool(sampling["noise_removal"])),
+            data=DataConfig(
+                dataset=_DATASETS.get(data["dataset"], "folder"),
+                image_size=int(data["image_size"]),
+                centered=bool(data["centered"]),
+                dequantize=bool(data.get("uniform_dequantization", False)),
+                random_flip=bool(data.get("random_flip", True)),
+                levels=256,
+            ),
+            sde=SDEConfig(
+                kind=_SDES[training["sde"]],
+                sigma_min=float(model["sigma_min"]),
+                sigma_max=float(model["sigma_max"]),
+                beta_min=float(model.get("beta_min", 0.1)),
+                beta_max=float(model.get("beta_max", 20.0)),
+                N=int(model["num_scales"]),
+            ),
+            model=net,
+            train=TrainConfig(
+                steps=int(training["n_iters"]),
+                batch_size=int(training["batch_size"]),
+                lr=float(optim["lr"]),
+                beta1=float(optim["beta1"]),
+                adam_eps=float(optim["eps"]),
+                weight_decay=float(optim["weight_decay"]),
+                warmup=int(optim["warmup"]),
+                grad_clip=float(optim["grad_clip"]),
+                ema_decay=float(model["ema_rate"]),
+                likelihood_weighting=bool(training["likelihood_weighting"]),
+                reduce="mean" if training["reduce_mean"] else "sum",
+            ),
+            sample=SampleConfig(
+                predictor=sampling["predictor"],
+                corrector=sampling["corrector"],
+                snr=float(sampling["snr"]),
+                n_steps=int(sampling["n_steps_each"]),
+                num_steps=int(model["num_scales"]),
+                denoise=bool(sampling["noise_removal"]),
+            ),
             seed=int(official.get("seed", 42)),
         )
     except KeyError as e:
@@ -117,8 +136,12 @@ def convert_official(
     load_strict(model, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(
-        out_dir / "checkpoint.safetensors", model=model.state_dict(), ema=None, optimizer=None,
-        step=int(checkpoint["step"]), config=config_to_dict(cfg),
+        out_dir / "checkpoint.safetensors",
+        model=model.state_dict(),
+        ema=None,
+        optimizer=None,
+        step=int(checkpoint["step"]),
+        config=config_to_dict(cfg),
         extra={"source": str(src), "weights": "ema" if use_ema else "model"},
     )
     save_config(cfg, out_dir / "config.json")
