@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from scoresde.config import DataConfig
+from scoresde.data.images import IMAGE_DATASETS, image_batches, load_image_dataset
 from scoresde.data.toy import TOY_DATASETS, sample_toy
 from scoresde.likelihood import uniform_dequantize
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
-IMAGE_DATASETS = ("cifar10", "celeba", "lsun", "celebahq", "ffhq", "folder")
 DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
 DATASETS = ("digits", *TOY_DATASETS, *IMAGE_DATASETS)
 
@@ -40,8 +40,6 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
 
 
 def _image_dataset(cfg: DataConfig, split: str):
-    from scoresde.data.images import load_image_dataset
-
     if not cfg.root:
         raise ValueError(f"dataset {cfg.dataset!r} is read from disk: set data.root=PATH")
     return load_image_dataset(cfg.dataset, cfg.root, split=split, image_size=data_shape(cfg)[-1])
@@ -82,8 +80,6 @@ def train_batches(
     by epoch in a random order, with random flips if set (``data.images.image_batches``).
     """
     if cfg.dataset in IMAGE_DATASETS:
-        from scoresde.data.images import image_batches
-
         return image_batches(
             _image_dataset(cfg, "train"),
             batch_size,
