@@ -110,3 +110,24 @@ def test_unknown_sampler_names_are_rejected():
     cfg = apply_overrides(Config(), ["sample.corrector=langevinn"])
     with pytest.raises(ValueError, match="unknown corrector 'langevinn'"):
         pc_options(cfg.sample)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("train.steps=-5", "train.steps must be >= 0"),
+    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.ema_decay=1.5", "train.ema_decay must be in"),
+    ("train.reduce=median", "train.reduce must be mean or sum"),
+    ("sample.num_steps=0", "sample.num_steps must be >= 1"),
+    ("eval.rtol=0", "eval.rtol/eval.atol must be > 0"),
+])
+def test_out_of_range_values_are_rejected(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [bad])
+
+
+def test_demo_rejects_negative_steps(capsys):
+    from scoresde.cli import main
+
+    assert main(["demo", "--steps", "-5", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps must be >= 0" in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A bad override or config file; the message is one line meant for the user."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What the model is trained on.
@@ -133,6 +142,17 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
 
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
+        _check(self.minutes >= 0, f"train.minutes must be >= 0, got {self.minutes}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.ema_decay <= 1, f"train.ema_decay must be in [0, 1], got {self.ema_decay}")
+        _check(
+            self.reduce in ("mean", "sum"), f"train.reduce must be mean or sum, got {self.reduce!r}"
+        )
+        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -149,6 +169,14 @@ class SampleConfig:
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
 
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
+        _check(self.num_steps >= 1, f"sample.num_steps must be >= 1, got {self.num_steps}")
+        _check(self.n_steps >= 0, f"sample.n_steps must be >= 0, got {self.n_steps}")
+        _check(self.snr >= 0, f"sample.snr must be >= 0, got {self.snr}")
+        _check(0 <= self.eps < 1, f"sample.eps must be in [0, 1), got {self.eps}")
+        _check(self.ode_rtol > 0 and self.ode_atol > 0, "sample.ode_rtol/ode_atol must be > 0")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -160,6 +188,11 @@ class EvalConfig:
     eps: float = 1e-5
     batch_size: int = 512
     num_examples: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.rtol > 0 and self.atol > 0, "eval.rtol/eval.atol must be > 0")
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.num_examples >= 0, f"eval.num_examples must be >= 0, got {self.num_examples}")
 
 
 @dataclass(frozen=True)
@@ -174,10 +207,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"
-
-
-class ConfigError(ValueError):
-    """A bad override or config file; the message is one line meant for the user."""
 
 
 def _convert(value: str, typ: Any, key: str) -> Any:
