@@ -45,7 +45,7 @@ def toy_checkpoint(tmp_path_factory):
     return out / "checkpoint.safetensors"
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "sample", "likelihood", "presets"])
+@pytest.mark.parametrize("command", ["demo", "train", "sample", "likelihood", "presets", "convert"])
 def test_help_gives_an_example(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

@@ -14,6 +14,7 @@ from torch import Tensor
 from scoresde.config import DataConfig
 from scoresde.data.images import IMAGE_DATASETS, image_batches, load_image_dataset
 from scoresde.data.toy import TOY_DATASETS, sample_toy
+from scoresde.data.transforms import center, uncenter
 from scoresde.likelihood import uniform_dequantize
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
@@ -101,10 +102,10 @@ def to_model_scale(
     """Map data to what the model sees: dequantize (if set) and centre (if set)."""
     if cfg.dequantize:
         x = uniform_dequantize(x, levels=cfg.levels, generator=generator)
-    return 2 * x - 1 if cfg.centered else x
+    return center(x) if cfg.centered else x
 
 
 def from_model_scale(y: Tensor, cfg: DataConfig) -> Tensor:
     """Map model outputs back to data scale; images are clamped to ``[0, 1]``."""
-    x = (y + 1) / 2 if cfg.centered else y
+    x = uncenter(y) if cfg.centered else y
     return x.clamp(0, 1) if is_image_data(cfg) else x

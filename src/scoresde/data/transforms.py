@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scoresde._tensor import append_dims
 from scoresde.likelihood import uniform_dequantize
 
 __all__ = ["center", "random_horizontal_flip", "uncenter", "uniform_dequantize"]
@@ -29,7 +30,7 @@ def random_horizontal_flip(
     """
     device = generator.device if generator is not None else torch.device("cpu")
     flip = (torch.rand(x.shape[0], generator=generator, device=device) < p).to(x.device)
-    return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+    return torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
 
 
 def center(x: Tensor) -> Tensor:
