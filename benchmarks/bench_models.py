@@ -6,7 +6,7 @@ a fresh subprocess:
 - forward: median wall time of ``model(x, labels)`` in eval mode under ``no_grad``;
 - train step: median wall time of one continuous-DSM step in train mode, ``dsm_loss(sde,
   make_score_fn(model, sde), x).mean()`` (VESDE for NCSN++, VPSDE for DDPM++), backward and
-  ``Adam.step``;
+  ``Adam.step`` (fused where available, as the training loop);
 - peak memory above the resident weights: CPU ``ru_maxrss`` (its high-water mark is reset after
   the warmup where Linux allows it, so compilation is not counted), CUDA
   ``max_memory_allocated``. The train figure includes gradients and Adam state.
@@ -38,8 +38,10 @@ from collections.abc import Callable
 import torch
 
 import scoresde
+from scoresde.config import TrainConfig
 from scoresde.nn.ncsnpp import NCSNpp
 from scoresde.nn.ncsnpp_presets import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
+from scoresde.training.optim import make_optimizer
 
 PRESETS = {
     "ncsnpp": ("NCSN++ cont.", ncsnpp_cifar10_continuous, scoresde.VESDE),
@@ -144,7 +146,7 @@ def measure(a: argparse.Namespace) -> dict:
         x = x.contiguous(memory_format=torch.channels_last)
     net = torch.compile(model) if a.variant == "compile" else model
     compile_timeout = a.compile_timeout if a.variant == "compile" else None
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    opt = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))
     score_fn = scoresde.make_score_fn(net, sde)
     weights_mb = reset_peak(device)
     out = {"params": sum(p.numel() for p in model.parameters())}

@@ -73,3 +73,15 @@ def test_resume_refuses_another_model(tmp_path):
     train(_tiny(2), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another model config"):
         train(_tiny(4, **{"model.hidden": 32}), tmp_path, progress=False)
+
+
+def test_make_optimizer_uses_the_config():
+    from scoresde.config import TrainConfig
+    from scoresde.training.optim import make_optimizer
+
+    tc = TrainConfig(lr=3e-4, beta1=0.8, adam_eps=1e-6, weight_decay=0.01)
+    opt = make_optimizer(torch.nn.Linear(3, 3).parameters(), tc)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
+        3e-4, (0.8, 0.999), 1e-6, 0.01)
+    assert group["fused"] is True  # this PyTorch has fused Adam on CPU

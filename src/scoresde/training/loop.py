@@ -16,6 +16,7 @@ from scoresde.data.pipeline import data_shape, to_model_scale, train_batches
 from scoresde.threads import tune_num_threads
 from scoresde.training.checkpoint import load_checkpoint, save_checkpoint
 from scoresde.training.ema import EMA
+from scoresde.training.optim import make_optimizer
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -63,13 +64,7 @@ def train(
     sde = build_sde(cfg.sde)
     model = build_model(cfg).to(device)
     ema = EMA(model, tc.ema_decay)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=tc.lr,
-        betas=(tc.beta1, 0.999),
-        eps=tc.adam_eps,
-        weight_decay=tc.weight_decay,
-    )
+    optimizer = make_optimizer(model.parameters(), tc)
     loss_fn = build_loss(cfg, sde)
     score_fn = build_score_fn(model, sde, cfg.model)
     # Two streams of randomness: data order (CPU, as data loaders need) and noise (on device).
