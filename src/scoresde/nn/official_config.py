@@ -68,14 +68,8 @@ def _num_channels(data_cfg: Mapping[str, Any]) -> int:
     return int(data_cfg["num_channels"] if "num_channels" in data_cfg else data_cfg["channels"])
 
 
-def _ncsnpp_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``NCSNpp`` keyword arguments of an official ``'ncsnpp'`` config."""
-    for field_name, expected in (
-        ("normalization", "GroupNorm"),
-        ("conv_size", 3),
-        ("attention_type", "ddpm"),
-    ):
-        _check(model_cfg, field_name, expected, "NCSN++")
+def _unet_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``NCSNpp`` and ``DDPM`` share, from an official config."""
     return {
         "image_size": int(data_cfg["image_size"]),
         "num_channels": _num_channels(data_cfg),
@@ -85,6 +79,26 @@ def _ncsnpp_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) ->
         "attn_resolutions": tuple(int(r) for r in model_cfg["attn_resolutions"]),
         "dropout": float(model_cfg["dropout"]),
         "resamp_with_conv": bool(model_cfg["resamp_with_conv"]),
+        "conditional": bool(model_cfg["conditional"]),
+        "scale_by_sigma": bool(model_cfg["scale_by_sigma"]),
+        "centered": bool(data_cfg["centered"]),
+        "sigma_min": float(model_cfg["sigma_min"]),
+        "sigma_max": float(model_cfg["sigma_max"]),
+        "num_scales": int(model_cfg["num_scales"]),
+        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
+    }
+
+
+def _ncsnpp_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``NCSNpp`` keyword arguments of an official ``'ncsnpp'`` config."""
+    for field_name, expected in (
+        ("normalization", "GroupNorm"),
+        ("conv_size", 3),
+        ("attention_type", "ddpm"),
+    ):
+        _check(model_cfg, field_name, expected, "NCSN++")
+    return {
+        **_unet_kwargs(model_cfg, data_cfg),
         "resblock_type": str(model_cfg["resblock_type"]).lower(),
         "fir": bool(model_cfg["fir"]),
         "fir_kernel": tuple(float(k) for k in model_cfg["fir_kernel"]),
@@ -95,13 +109,6 @@ def _ncsnpp_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) ->
         "embedding_type": str(model_cfg["embedding_type"]).lower(),
         "fourier_scale": float(model_cfg["fourier_scale"]),
         "init_scale": float(model_cfg["init_scale"]),
-        "conditional": bool(model_cfg["conditional"]),
-        "scale_by_sigma": bool(model_cfg["scale_by_sigma"]),
-        "centered": bool(data_cfg["centered"]),
-        "sigma_min": float(model_cfg["sigma_min"]),
-        "sigma_max": float(model_cfg["sigma_max"]),
-        "num_scales": int(model_cfg["num_scales"]),
-        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
     }
 
 
@@ -110,23 +117,7 @@ def _ddpm_kwargs(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> d
     ``conv_size`` are unused by the official DDPM: it always has sinusoidal embeddings and 3x3
     convolutions)."""
     _check(model_cfg, "normalization", "GroupNorm", "DDPM")
-    return {
-        "image_size": int(data_cfg["image_size"]),
-        "num_channels": _num_channels(data_cfg),
-        "nf": int(model_cfg["nf"]),
-        "ch_mult": tuple(int(m) for m in model_cfg["ch_mult"]),
-        "num_res_blocks": int(model_cfg["num_res_blocks"]),
-        "attn_resolutions": tuple(int(r) for r in model_cfg["attn_resolutions"]),
-        "dropout": float(model_cfg["dropout"]),
-        "resamp_with_conv": bool(model_cfg["resamp_with_conv"]),
-        "conditional": bool(model_cfg["conditional"]),
-        "scale_by_sigma": bool(model_cfg["scale_by_sigma"]),
-        "centered": bool(data_cfg["centered"]),
-        "sigma_min": float(model_cfg["sigma_min"]),
-        "sigma_max": float(model_cfg["sigma_max"]),
-        "num_scales": int(model_cfg["num_scales"]),
-        "nonlinearity": str(model_cfg["nonlinearity"]).lower(),
-    }
+    return _unet_kwargs(model_cfg, data_cfg)
 
 
 def _refinenet_check(model_cfg: Mapping[str, Any], network: str) -> None:
