@@ -35,7 +35,7 @@ def test_config_from_official_reads_every_section(official):
 
 @pytest.mark.parametrize("use_ema", [True, False])
 def test_converted_run_reproduces_the_official_network(official, tmp_path, use_ema):
-    path = convert_official(official, tmp_path / "run", use_ema=use_ema)
+    path = convert_official(official, tmp_path / "run", use_ema=use_ema).checkpoint
     run = load_trained(path, device="cpu")
     reference = load_converted(
         convert_official_checkpoint(official, tmp_path / "plain", use_ema=use_ema))

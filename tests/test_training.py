@@ -1,11 +1,15 @@
 """The training loop: it learns, it checkpoints, and it resumes bit-exactly."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from scoresde.build import build_model
 from scoresde.config import apply_overrides
 from scoresde.data.toy import toy_gmm
 from scoresde.presets import get_preset
+from scoresde.rundir import OutputExistsError
 from scoresde.runs import evaluate_likelihood, generate, load_trained
 from scoresde.training.loop import train, warmup_lr
 
@@ -31,7 +35,6 @@ def test_warmup_starts_above_zero_and_reaches_lr():
 
 
 def test_training_lowers_the_loss_and_learns_the_mixture(tmp_path):
-    torch.manual_seed(0)  # model initialisation only
     result = train(_tiny(600), tmp_path, progress=False)
     first = sum(v for _, v in result.losses[:3]) / 3
     last = sum(v for _, v in result.losses[-3:]) / 3
@@ -53,26 +56,81 @@ def test_training_lowers_the_loss_and_learns_the_mixture(tmp_path):
     assert entropy - 0.2 < nll < entropy + 1.0
 
 
+def _assert_same_weights(a, b):
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    for x, y in zip(a.ema.shadow.parameters(), b.ema.shadow.parameters(), strict=True):
+        assert torch.equal(x, y)
+
+
 def test_resume_is_bit_exact(tmp_path):
-    torch.manual_seed(0)
     straight = train(_tiny(20), tmp_path / "a", progress=False)
-    torch.manual_seed(0)
     train(_tiny(10), tmp_path / "b", progress=False)
-    torch.manual_seed(123)  # a different init must not matter: weights come from the checkpoint
     resumed = train(_tiny(20), tmp_path / "b", progress=False)
-    assert resumed.steps == 20
-    for (k, a), b in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), k
-    for a, b in zip(straight.ema.shadow.parameters(), resumed.ema.shadow.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert (resumed.steps, resumed.resumed_from) == (20, 10)
+    _assert_same_weights(straight, resumed)
 
 
 def test_resume_refuses_another_model(tmp_path):
     train(_tiny(2), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="another model config"):
+    with pytest.raises(OutputExistsError, match=r"another config \(model.hidden: 64 -> 32 \(1 key"):
         train(_tiny(4, **{"model.hidden": 32}), tmp_path, progress=False)
+
+
+def test_the_same_config_gives_the_same_weights_and_the_global_rng_is_untouched(tmp_path):
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    a = train(_tiny(15), tmp_path / "a", progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drew from or seeded it
+    torch.manual_seed(99)  # whatever the caller's global RNG does, the run is the same
+    b = train(_tiny(15), tmp_path / "b", progress=False)
+    _assert_same_weights(a, b)
+    c = train(_tiny(15, seed=1), tmp_path / "c", progress=False)
+    first = next(iter(a.model.state_dict()))
+    assert not torch.equal(a.model.state_dict()[first], c.model.state_dict()[first])
+
+
+def test_initial_weights_depend_on_the_seed_only():
+    cfg = _tiny(1)
+    torch.manual_seed(5)
+    a = build_model(cfg).state_dict()
+    torch.manual_seed(6)
+    b = build_model(cfg).state_dict()
+    c = build_model(apply_overrides(cfg, ["seed=3"])).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_dropout_is_seeded_and_resumes_bit_exactly(tmp_path):
+    """The small U-Net with dropout on digits: dropout draws come from the run's seed too."""
+    over = [
+        "train.batch_size=16",
+        "train.log_every=2",
+        "train.checkpoint_every=0",
+        "model.nf=8",
+        "model.ch_mult=1",
+        "model.num_res_blocks=1",
+        "model.dropout=0.3",
+        "device=cpu",
+    ]
+    cfg = apply_overrides(get_preset("digits_vp"), over)
+    straight = train(replace(cfg, train=replace(cfg.train, steps=6)), tmp_path / "a",
+                     progress=False)
+    again = train(replace(cfg, train=replace(cfg.train, steps=6)), tmp_path / "b", progress=False)
+    _assert_same_weights(straight, again)
+    train(replace(cfg, train=replace(cfg.train, steps=3)), tmp_path / "c", progress=False)
+    resumed = train(replace(cfg, train=replace(cfg.train, steps=6)), tmp_path / "c",
+                    progress=False)
+    _assert_same_weights(straight, resumed)
+    no_dropout = train(apply_overrides(cfg, ["train.steps=6", "model.dropout=0"]),
+                       tmp_path / "d", progress=False)
+    first = next(iter(straight.model.state_dict()))
+    assert not torch.equal(straight.model.state_dict()[first], no_dropout.model.state_dict()[first])
+
+
+def test_time_cap_is_reported(tmp_path):
+    result = train(_tiny(10**6, **{"train.minutes": 0.001}), tmp_path, progress=False)
+    assert result.stopped_by == "time cap" and 0 < result.steps < 10**6
 
 
 def test_make_optimizer_uses_the_config():

@@ -14,6 +14,7 @@ from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
 from scoresde.sampling import CORRECTORS, PREDICTORS
 from scoresde.score import ScoreFn, make_score_fn
 from scoresde.sdes import SDE, VESDE, VPSDE, SubVPSDE
+from scoresde.seeding import derive_seed, private_global_rng
 
 LossFn = Callable[[ScoreFn, Tensor, "torch.Generator | None"], Tensor]
 
@@ -30,11 +31,19 @@ def build_sde(cfg: SDEConfig) -> SDE:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The score network of ``cfg.model`` for ``cfg.data``'s example shape.
+    """The score network of ``cfg.model`` for ``cfg.data``'s example shape, on the CPU.
 
     The image networks also get the image size and channels from the data, whether data is
     centred, and the noise scales of the SDE (which fill the official ``sigmas`` buffer).
+    The initial weights are a function of ``cfg.seed`` alone (the ``"init"`` stream of
+    :mod:`scoresde.seeding`): the same config gives bit-identical weights in every process,
+    and the caller's global RNG state is left as it was.
     """
+    with private_global_rng(derive_seed(cfg.seed, "init")):
+        return _build_network(cfg)
+
+
+def _build_network(cfg: Config) -> nn.Module:
     m, shape = cfg.model, data_shape(cfg.data)
     if m.name == "mlp":
         _expect(len(shape) == 1, m.name, "vector data (D,)", shape)
@@ -204,10 +213,44 @@ def pc_options(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; other names go to ``torch.device``."""
+    """The device called ``name``, checked to exist here; ``"auto"`` picks CUDA when available.
+
+    Raises:
+        ValueError: an unknown name, or a device this machine or PyTorch build does not have
+            (the message lists the ones it has).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}") from None
+        raise ValueError(
+            f"unknown device {name!r}; available here: {available_devices()}"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and (device.index is None or device.index < count):
+            return device
+        why = (
+            "this PyTorch build has no CUDA support"
+            if torch.version.cuda is None
+            else (f"{count} CUDA device(s) visible")
+        )
+        raise ValueError(
+            f"device {name!r} is not available ({why}); available: {available_devices()}"
+        )
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ValueError(f"device {name!r} is not available; available: {available_devices()}")
+
+
+def available_devices() -> str:
+    """The devices this process can use, e.g. ``"cpu, cuda:0, cuda:1"``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return ", ".join(names)

@@ -7,13 +7,14 @@ the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
 EXAMPLES = {
-    "demo": "example: scoresde demo --sde subvp --out runs/demo --minutes 3",
+    "demo": "example: scoresde demo --sde subvp --out runs/demo --steps 4000",
     "train": "example: scoresde train --preset toy_moons --out runs/moons --set train.steps=2000",
     "sample": "example: scoresde sample --checkpoint runs/demo/checkpoint.safetensors "
     "--out runs/samples --method ode --num-samples 64",
@@ -32,108 +33,91 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+TRAIN_NOTES = """\
+resume: running the same command again continues the run in --out from its checkpoint,
+  bit-exactly. Only train.steps, train.minutes, train.log_every, train.checkpoint_every and the
+  device may change on resume (e.g. --steps 8000 trains further); any other change of the config
+  is refused: use a new --out, or --overwrite to discard the old run.
+interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and exits with status
+  130 / 143; a second Ctrl-C stops at once (the last checkpoint stays intact).
+reproducible: the initial weights, data order, noise and dropout all come from the config's seed
+  (--seed), so the same command gives the same weights (bit-identical on the same machine and
+  thread count).
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scoresde", description="Score-based generative modeling through SDEs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, notes: str = "") -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_,
             description=help_,
-            epilog=EXAMPLES[name],
+            epilog=notes + EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    d = add("demo", "Train on 8x8 digits, sample (PC and ODE), test bits/dim, inpaint.")
-    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
-    d.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    d.add_argument(
-        "--minutes", type=float, default=3.0, help="training time budget in minutes (default: 3)"
-    )
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    d.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. sample.num_steps=500 (repeatable)",
-    )
-    d.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default 0: time 1 and all, keep the faster)",
-    )
-    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    def runtime(cmd: argparse.ArgumentParser, set_example: str, *, seed: bool = True) -> None:
+        """The options every computing subcommand shares."""
+        if seed:
+            cmd.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+        cmd.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+        cmd.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"override a config field, e.g. {set_example} (repeatable)",
+        )
+        cmd.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="CPU threads (default 0: time 1 and all, keep the faster)",
+        )
+        cmd.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    t = add("train", "Train a score model from a preset or a config file.")
+    def overwrite(cmd: argparse.ArgumentParser, what: str) -> None:
+        cmd.add_argument(
+            "--overwrite", action="store_true", help=f"replace {what} already in --out"
+        )
+
+    d = add(
+        "demo", "Train on 8x8 digits, sample (PC and ODE), test bits/dim, inpaint.", TRAIN_NOTES
+    )
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
+    d.add_argument("--steps", type=int, help="training steps (default: the preset's 4000)")
+    d.add_argument(
+        "--minutes", type=float, help="optional cap on training wall time (default: none)"
+    )
+    runtime(d, "sample.num_steps=500")
+    overwrite(d, "a finished demo")
+
+    t = add("train", "Train a score model from a preset or a config file.", TRAIN_NOTES)
     t.add_argument("--preset", help="a name from `scoresde presets`")
     t.add_argument("--config", type=Path, help="a config.json (e.g. from an earlier run)")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. train.lr=1e-4 (repeatable)",
-    )
     t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default 0: time 1 and all, keep the faster)",
-    )
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--steps", type=int, help="training steps (same as --set train.steps=N)")
+    runtime(t, "train.lr=1e-4")
+    overwrite(t, "a run")
 
     s = add("sample", "Draw samples from a trained checkpoint.")
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True, help="folder for samples.npy/png")
     s.add_argument("--method", choices=["pc", "ode"], default="pc")
     s.add_argument("--num-samples", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sample.* field, e.g. sample.num_steps=500",
-    )
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default 0: time 1 and all, keep the faster)",
-    )
-    s.add_argument("--no-progress", action="store_true")
+    runtime(s, "sample.num_steps=500")
+    overwrite(s, "samples")
 
     lk = add("likelihood", "Negative log-likelihood (bits/dim for images) of a data split.")
     lk.add_argument("--checkpoint", type=Path, required=True)
     lk.add_argument("--split", choices=["train", "test"], default="test")
     lk.add_argument("--num-examples", type=int, default=0, help="0: the whole split")
-    lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--device", default="auto")
-    lk.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an eval.* field, e.g. eval.trace=hutchinson-gaussian",
-    )
-    lk.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (default 0: time 1 and all, keep the faster)",
-    )
-    lk.add_argument("--no-progress", action="store_true")
+    runtime(lk, "eval.trace=hutchinson-gaussian")
 
     add("presets", "List the experiment presets.")
 
@@ -149,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--raw-weights", action="store_true", help="keep the raw weights instead of the EMA ones"
     )
+    overwrite(c, "a run")
     return p
 
 
@@ -178,65 +163,124 @@ def _threads(a) -> bool:
     return a.threads == 0
 
 
+def _run_overrides(a) -> list[str]:
+    """``--seed``/``--device``/``--steps`` as ``key=value`` overrides, before the ``--set`` ones."""
+    items = [f"seed={a.seed}"] if a.seed is not None else []
+    items += [f"device={a.device}"] if a.device is not None else []
+    items += [f"train.steps={a.steps}"] if getattr(a, "steps", None) is not None else []
+    return items + a.overrides
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _report_training(command: str, result) -> None:
+    """Say on stderr when training did not run to ``train.steps``."""
+    if result.stopped_by == "time cap":
+        print(
+            f"scoresde {command}: note: the time cap stopped training at step {result.steps}",
+            file=sys.stderr,
+        )
+    elif result.stopped_by == "already complete":
+        print(
+            f"scoresde {command}: note: the run is already complete at step {result.steps}; "
+            "nothing was trained (--steps N to train further)",
+            file=sys.stderr,
+        )
+
+
 def _cmd_demo(a) -> int:
     from scoresde.demo import demo_config, run_demo
 
+    if a.steps is not None:
+        _check_count("--steps", a.steps, 1)
+    tune = _threads(a)
     cfg = demo_config(
-        a.sde, steps=a.steps, minutes=a.minutes, seed=a.seed, device=a.device, overrides=a.overrides
+        a.sde,
+        steps=a.steps,
+        minutes=a.minutes or 0.0,
+        seed=0 if a.seed is None else a.seed,
+        device=a.device or "auto",
+        overrides=a.overrides,
     )
-    report = run_demo(cfg, a.out, progress=not a.no_progress, tune_threads=_threads(a))
+    report = run_demo(
+        cfg, a.out, progress=not a.no_progress, tune_threads=tune, overwrite=a.overwrite
+    )
     print(json.dumps(report, indent=2))
+    if report["train_stopped_by"] == "time cap":
+        print(
+            f"scoresde demo: note: the --minutes cap stopped training at step "
+            f"{report['train_steps']}",
+            file=sys.stderr,
+        )
     print(f"wrote {a.out}/samples_pc.png, samples_ode.png, inpainting.png, loss.png, report.json")
     return 0
 
 
 def _cmd_train(a) -> int:
-    from scoresde.config import Config, apply_overrides, load_config
+    from scoresde.config import apply_overrides, load_config
     from scoresde.presets import get_preset
     from scoresde.training.loop import train
 
     if a.preset and a.config:
         raise ValueError("give --preset or --config, not both")
-    cfg = get_preset(a.preset) if a.preset else load_config(a.config) if a.config else Config()
-    cfg = apply_overrides(cfg, a.overrides)
-    result = train(cfg, a.out, progress=not a.no_progress, tune_threads=_threads(a))
-    print(
-        json.dumps(
-            {
-                "checkpoint": str(result.checkpoint),
-                "steps": result.steps,
-                "seconds": round(result.seconds, 2),
-                "final_loss": result.losses[-1][1] if result.losses else None,
-            }
+    if not (a.preset or a.config):
+        raise ValueError(
+            "say what to train: --preset NAME (list: scoresde presets) or --config FILE "
+            "(e.g. an earlier run's config.json)"
         )
-    )
+    if a.steps is not None:
+        _check_count("--steps", a.steps, 0)
+    tune = _threads(a)
+    cfg = get_preset(a.preset) if a.preset else load_config(a.config)
+    cfg = apply_overrides(cfg, _run_overrides(a))
+    result = train(cfg, a.out, progress=not a.no_progress, tune_threads=tune, overwrite=a.overwrite)
+    _report_training("train", result)
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "stopped_by": result.stopped_by,
+        "seconds": round(result.seconds, 2),
+        "final_loss": result.losses[-1][1] if result.losses else None,
+    }
+    print(json.dumps(summary))
     return 0
 
 
 def _cmd_sample(a) -> int:
     import numpy as np
 
+    from scoresde.rundir import atomic_write, check_output_dir
     from scoresde.runs import generate, load_trained
     from scoresde.viz import save_image_grid, save_scatter
 
-    run = load_trained(a.checkpoint, device=a.device)
+    _check_count("--num-samples", a.num_samples, 1)
+    tune = _threads(a)
+    check_output_dir(a.out, ["samples.npy", "samples.png"], overwrite=a.overwrite, what="samples")
+    run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
     samples, info = generate(
         run,
         a.num_samples,
         method=a.method,
-        seed=a.seed,
+        seed=run.cfg.seed if a.seed is None else a.seed,
         progress=not a.no_progress,
-        tune_threads=_threads(a),
+        tune_threads=tune,
         **opts,
     )
     a.out.mkdir(parents=True, exist_ok=True)
-    np.save(a.out / "samples.npy", samples.numpy())
+    buffer = io.BytesIO()
+    np.save(buffer, samples.numpy())
+    atomic_write(a.out / "samples.npy", buffer.getvalue())
     if samples.ndim == 4:
         save_image_grid(samples, a.out / "samples.png", nrow=8)
     else:
         save_scatter(samples, a.out / "samples.png", title=f"{a.method} samples")
-    print(json.dumps({"out": str(a.out), "num_samples": a.num_samples, **info}))
+    summary = {"out": str(a.out), "num_samples": a.num_samples, "checkpoint_step": run.step}
+    print(json.dumps({**summary, **info}))
     return 0
 
 
@@ -244,16 +288,23 @@ def _cmd_likelihood(a) -> int:
     from scoresde.data.pipeline import load_split
     from scoresde.runs import evaluate_likelihood, load_trained
 
-    run = load_trained(a.checkpoint, device=a.device)
+    _check_count("--num-examples", a.num_examples, 0)
+    tune = _threads(a)
+    run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "eval")
     if a.num_examples:
         opts["num_examples"] = a.num_examples
     data = load_split(run.cfg.data, a.split)
     result = evaluate_likelihood(
-        run, data, seed=a.seed, progress=not a.no_progress, tune_threads=_threads(a), **opts
+        run,
+        data,
+        seed=run.cfg.seed if a.seed is None else a.seed,
+        progress=not a.no_progress,
+        tune_threads=tune,
+        **opts,
     )
     result.pop("per_example")
-    print(json.dumps({"split": a.split, **result}))
+    print(json.dumps({"split": a.split, "checkpoint_step": run.step, **result}))
     return 0
 
 
@@ -268,14 +319,26 @@ def _cmd_presets(a) -> int:
 
 
 def _cmd_convert(a) -> int:
-    from scoresde.convert import convert_official
+    from scoresde.convert import UNTRAINED_STEPS, convert_official
 
     if a.preset and a.official_config:
         raise ValueError("give --preset or --official-config, not both")
-    path = convert_official(
-        a.src, a.out, preset=a.preset, official_config=a.official_config, use_ema=not a.raw_weights
+    result = convert_official(
+        a.src,
+        a.out,
+        preset=a.preset,
+        official_config=a.official_config,
+        use_ema=not a.raw_weights,
+        overwrite=a.overwrite,
     )
-    print(json.dumps({"checkpoint": str(path), "config": str(a.out / "config.json")}))
+    if result.step < UNTRAINED_STEPS:
+        print(
+            f"scoresde convert: note: {a.src} was saved at training step {result.step}; "
+            "it is essentially untrained",
+            file=sys.stderr,
+        )
+    summary = {"checkpoint": str(result.checkpoint), "config": str(result.config)}
+    print(json.dumps({**summary, "step": result.step}))
     return 0
 
 
@@ -292,20 +355,25 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scoresde`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    from scoresde.config import ConfigError
     from scoresde.training.checkpoint import CheckpointError
+    from scoresde.training.loop import TrainingInterruptedError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
-        if os.environ.get("SCORESDE_DEBUG"):
-            raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"scoresde {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except TrainingInterruptedError as e:
+        print(f"scoresde {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:  # e.g. `scoresde presets | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except (CheckpointError, ValueError, OSError) as e:
+        if os.environ.get("SCORESDE_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        if len(message) > 400:  # a safety net: messages are written to be short
+            message = message[:397] + "..."
+        print(f"scoresde {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"scoresde {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from scoresde.rundir import atomic_write
+
 
 class ConfigError(ValueError):
     """A bad override or config file; the message is one line meant for the user."""
@@ -299,10 +301,8 @@ def _section_from_dict(cls: type, d: Any, name: str) -> Any:
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write ``cfg`` as indented JSON to ``path``."""
-    path = Path(path)
-    path.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    return path
+    """Write ``cfg`` as indented JSON to ``path`` (atomically: a crash leaves the old file)."""
+    return atomic_write(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
 
 
 def load_config(path: str | Path) -> Config:

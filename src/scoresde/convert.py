@@ -12,6 +12,7 @@ or is read from the official config as JSON (:func:`config_from_official`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from scoresde.config import (
 )
 from scoresde.nn.official import (
     OfficialCheckpointError,
+    check_official_file,
     load_official_checkpoint,
     load_strict,
     official_ema_state_dict,
@@ -35,6 +37,7 @@ from scoresde.nn.official import (
     official_state_dict_to_ours,
 )
 from scoresde.presets import get_preset
+from scoresde.rundir import CHECKPOINT_NAME, CONFIG_NAME, check_output_dir
 from scoresde.training.checkpoint import save_checkpoint
 
 _DATASETS = {
@@ -107,6 +110,20 @@ def config_from_official(official: dict[str, Any]) -> Config:
         raise ValueError(f"official config lacks the field {e.args[0]!r}") from None
 
 
+UNTRAINED_STEPS = 1000
+"""Below this training step a checkpoint is reported as essentially untrained (the paper's
+models train for 0.95 to 2.4 million steps)."""
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What :func:`convert_official` wrote, and the training step of the source checkpoint."""
+
+    checkpoint: Path
+    config: Path
+    step: int
+
+
 def convert_official(
     src: str | Path,
     out_dir: str | Path,
@@ -114,8 +131,9 @@ def convert_official(
     preset: str | None = None,
     official_config: str | Path | None = None,
     use_ema: bool = True,
-) -> Path:
-    """Convert an official checkpoint into a scoresde run folder; returns the checkpoint path.
+    overwrite: bool = False,
+) -> ConvertResult:
+    """Convert an official checkpoint into a scoresde run folder.
 
     Args:
         src: the official ``.pth`` (a dict with ``model``, ``ema``, ``optimizer``, ``step``).
@@ -124,10 +142,19 @@ def convert_official(
         official_config: instead of ``preset``, the official config saved as JSON; by default
             ``<src stem>.config.json`` next to ``src`` is used when no preset is given.
         use_ema: take the EMA weights (what the paper samples with) rather than the raw ones.
+        overwrite: replace a run already in ``out_dir``; without it such a folder is refused
+            before anything is read.
+
+    Raises:
+        OutputExistsError: ``out_dir`` is a file or already holds a run (and not ``overwrite``).
+        OfficialCheckpointError: ``src`` is not a safely loadable official checkpoint (for
+            instance a scoresde checkpoint, which needs no conversion) or does not fit the config.
     """
     src, out_dir = Path(src), Path(out_dir)
-    checkpoint = load_official_checkpoint(src)
+    check_output_dir(out_dir, [CHECKPOINT_NAME, CONFIG_NAME], overwrite=overwrite, what="a run")
+    check_official_file(src)
     cfg = get_preset(preset) if preset else _read_official_config(src, official_config)
+    checkpoint = load_official_checkpoint(src)
     model = build_model(cfg)
     if use_ema:
         weights = official_ema_state_dict(checkpoint, model)
@@ -135,17 +162,18 @@ def convert_official(
         weights = official_state_dict_to_ours(checkpoint["model"])
     load_strict(model, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
+    step = int(checkpoint["step"])
     path = save_checkpoint(
-        out_dir / "checkpoint.safetensors",
+        out_dir / CHECKPOINT_NAME,
         model=model.state_dict(),
         ema=None,
         optimizer=None,
-        step=int(checkpoint["step"]),
+        step=step,
         config=config_to_dict(cfg),
         extra={"source": str(src), "weights": "ema" if use_ema else "model"},
     )
-    save_config(cfg, out_dir / "config.json")
-    return path
+    config_path = save_config(cfg, out_dir / CONFIG_NAME)
+    return ConvertResult(path, config_path, step)
 
 
 def _read_official_config(src: Path, path: str | Path | None) -> Config:

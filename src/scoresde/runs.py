@@ -29,12 +29,14 @@ from scoresde.training.ema import ema_model_state_dict
 
 @dataclass
 class TrainedModel:
-    """A trained score model ready for sampling: config, SDE, network (eval mode), device."""
+    """A trained score model ready for sampling: config, SDE, network (eval mode), device, and
+    the training step its checkpoint was saved at."""
 
     cfg: Config
     sde: SDE
     model: nn.Module
     device: torch.device
+    step: int = 0
 
     @property
     def score_fn(self) -> ScoreFn:
@@ -70,6 +72,7 @@ def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True
 
     Raises :class:`CheckpointError` (one-line message) for a missing, corrupt or foreign file.
     """
+    dev = resolve_device(device)
     ckpt = load_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt.config)
@@ -80,9 +83,8 @@ def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True
     except (ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot rebuild the model: {first}") from None
-    dev = resolve_device(device)
     return TrainedModel(
-        replace(cfg, device=str(dev)), build_sde(cfg.sde), model.to(dev).eval(), dev
+        replace(cfg, device=str(dev)), build_sde(cfg.sde), model.to(dev).eval(), dev, ckpt.step
     )
 
 
@@ -106,6 +108,12 @@ def generate(
         ``(samples (num_samples, *shape), info)`` with ``info["nfe"]`` (ODE: the largest per
         batch) or ``info["pc_steps"]``.
     """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(
+            f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
+        )
+    if method not in ("pc", "ode"):
+        raise ValueError(f"unknown sampling method {method!r}; choose 'pc' or 'ode'")
     sc = replace(run.cfg.sample, **overrides)
     gen = run.generator(seed)
     if tune_threads:
@@ -119,7 +127,7 @@ def generate(
                 run.sde, run.score_fn, x_T, generator=gen, progress=progress, **pc_options(sc)
             )
             info["pc_steps"] = sc.num_steps
-        elif method == "ode":
+        else:
             x, nfe = ode_sample(
                 run.sde,
                 run.score_fn,
@@ -130,8 +138,6 @@ def generate(
                 denoise=sc.denoise,
             )
             info["nfe"] = max(nfe, info.get("nfe", 0))
-        else:
-            raise ValueError(f"unknown sampling method {method!r}; choose 'pc' or 'ode'")
         out.append(from_model_scale(x, run.cfg.data))
     return torch.cat(out).cpu(), info
 

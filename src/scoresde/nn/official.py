@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -117,13 +117,11 @@ def load_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         OfficialCheckpointError: the file cannot be loaded with the restricted unpickler (for
             instance a pickle referencing any other global) or does not have the layout above.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+    path = check_official_file(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load raises many types for foreign or damaged files
         raise OfficialCheckpointError(
             f"refusing {path}: not a safely loadable official checkpoint ({_one_line_reason(exc)})"
         ) from None
@@ -133,13 +131,57 @@ def load_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint
 
 
+def check_official_file(path: str | os.PathLike[str]) -> Path:
+    """Cheap checks that ``path`` may be an official checkpoint, before anything is loaded.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        OfficialCheckpointError: it is a safetensors file (a scoresde checkpoint, which needs no
+            conversion, or a truncated or foreign one), not a PyTorch ``.pth`` file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    problem = _safetensors_problem(path)
+    if problem:
+        raise OfficialCheckpointError(f"{path} {problem}")
+    return path
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path``, a safetensors file, cannot be converted; ``None`` if it is not one.
+
+    A safetensors file starts with the 8-byte little-endian length of a JSON header; official
+    checkpoints are PyTorch (zip or legacy pickle) files.
+    """
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return None
+    if int.from_bytes(head[:8], "little") + 8 > path.stat().st_size:
+        return "is a truncated or corrupt safetensors file, not an official .pth checkpoint"
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # safetensors raises several types for malformed headers
+        return "is a corrupt safetensors file, not an official .pth checkpoint"
+    if metadata.get("format") == "scoresde-checkpoint":
+        return (
+            "is already a scoresde checkpoint: use it directly "
+            "(scoresde sample --checkpoint PATH); nothing to convert"
+        )
+    return "is a safetensors file, not an official score_sde .pth checkpoint"
+
+
 def _layout_problem(checkpoint: Any) -> str | None:
     """Why ``checkpoint`` is not an official checkpoint dict, or ``None`` if it is one."""
     if not isinstance(checkpoint, dict):
         return f"expected a dict, got {type(checkpoint).__name__}"
     missing = [key for key in ("model", "ema", "step") if key not in checkpoint]
     if missing:
-        return f"missing keys {missing} (found {sorted(map(str, checkpoint))})"
+        found = sorted(map(str, checkpoint))
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        return f"missing keys {missing} (found {len(found)} keys: {shown})"
     model = checkpoint["model"]
     if not isinstance(model, Mapping) or not all(isinstance(v, Tensor) for v in model.values()):
         return "'model' is not a state dict of tensors"

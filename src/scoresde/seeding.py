@@ -1,0 +1,72 @@
+"""Random streams derived from a run's seed, without touching torch's global RNG.
+
+Every random draw of a run comes from a stream whose seed is derived from the config's ``seed``
+and a name (and, where needed, indices), so the same config gives the same result on every
+machine and in every process, whatever else the process has drawn. Code that can only draw from
+torch's global generator (weight initialisation in ``nn.init``, dropout) runs inside
+:func:`private_global_rng`, which seeds the global generator for the duration of a block and puts
+the caller's state back afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed for the stream named by ``keys`` of a run seeded with ``seed``.
+
+    A hash (SHA-256) of the seed and the keys: distinct names give unrelated streams, and the
+    value is the same on every platform and Python version.
+    """
+    text = ":".join(str(k) for k in (seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def stream(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` of ``seed, *keys``."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
+
+
+@contextmanager
+def private_global_rng(
+    seed: int, device: torch.device | str = "cpu", *, state: dict | None = None
+) -> Iterator[None]:
+    """Run a block with the global RNG seeded by ``seed`` (or set to ``state``), then restore it.
+
+    The CPU generator is always forked; on a CUDA ``device`` that device's generator as well.
+    The caller's global RNG state is the same after the block as before it. Inside the block,
+    :func:`global_rng_state` reads the private state, which ``state=`` takes to continue the
+    same stream later (a resumed training run).
+    """
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        if state is None:
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)
+        else:
+            set_global_rng_state(state, device)
+        yield
+
+
+def global_rng_state(device: torch.device | str = "cpu") -> dict:
+    """The global CPU (and, for a CUDA ``device``, that device's) RNG state as JSON-able lists."""
+    device = torch.device(device)
+    state = {"cpu": torch.get_rng_state().tolist()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    return state
+
+
+def set_global_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Inverse of :func:`global_rng_state`."""
+    device = torch.device(device)
+    torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
