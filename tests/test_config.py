@@ -130,4 +130,4 @@ def test_demo_rejects_negative_steps(capsys):
 
     assert main(["demo", "--steps", "-5", "--out", "unused"]) == 2
     err = capsys.readouterr().err
-    assert "train.steps must be >= 0" in err and len(err.strip().splitlines()) == 1
+    assert "--steps must be >= 1, got -5" in err and len(err.strip().splitlines()) == 1

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from scoresde._tensor import batch_time, flat_sum
-from scoresde.sampling.ode import solver_options
+from scoresde.sampling.ode import FIXED_STEP_METHODS, solver_options
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, probability_flow_drift
 
@@ -56,16 +56,24 @@ def log_likelihood(
     eps: float = 1e-5,
     generator: torch.Generator | None = None,
     method: str = "dopri5",
+    num_steps: int | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Log-density of ``x`` under the model's probability-flow ODE.
 
     Args:
         x: data ``(B, ...)`` in the model's scale (use float64 for tight tolerances).
-        rtol, atol: tolerances of the adaptive ODE solver (torchdiffeq, on ``x``'s device).
+        rtol, atol: tolerances of the adaptive ODE solver (torchdiffeq, on ``x``'s device);
+            unused by the fixed-step methods.
         trace: one of ``"hutchinson-rademacher"``, ``"hutchinson-gaussian"``, ``"exact"``.
         eps: the ODE starts at time ``eps`` (the density is that of ``p_eps``).
         generator: draws the Hutchinson probe.
-        method: a torchdiffeq method name (adaptive ``"dopri5"`` by default).
+        method: a torchdiffeq method name: adaptive (``"dopri5"``, the default, ``"bosh3"``,
+            ...) or fixed-step (``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun3"``).
+        num_steps: the number of equal steps from ``eps`` to ``T`` of a fixed-step method
+            (required there; ignored by the adaptive ones, as in
+            :func:`scoresde.sampling.ode.ode_sample`). The solve then costs exactly ``num_steps``
+            times the method's stages in drift evaluations: ``nfe = num_steps`` (euler),
+            ``2 num_steps`` (midpoint), ``3 num_steps`` (heun3), ``4 num_steps`` (rk4).
 
     Returns:
         ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats, the ODE's endpoint ``z = x(T)`` like
@@ -74,6 +82,11 @@ def log_likelihood(
     """
     if trace not in TRACE_ESTIMATORS:
         raise ValueError(f"unknown trace {trace!r}; choose from {TRACE_ESTIMATORS}")
+    if method in FIXED_STEP_METHODS and num_steps is None:
+        raise ValueError(
+            f"method {method!r} is a fixed-step solver: give log_likelihood num_steps (the number "
+            "of equal steps from eps to T)"
+        )
     probe = _probe(x, trace, generator)
     nfe = 0
 
@@ -95,7 +108,7 @@ def log_likelihood(
         rtol=rtol,
         atol=atol,
         method=method,
-        options=solver_options(ts, method),
+        options=solver_options(ts, method, num_steps),
     )
     z, delta = solution[0][-1], solution[1][-1]
     return sde.prior_logp(z) + delta, z, nfe
@@ -158,7 +171,8 @@ def dequantized_bpd(
 ) -> tuple[Tensor, int]:
     """Dequantize quantised data ``x`` in ``[0, 1]``, scale it and return ``(bpd (B,), nfe)``.
 
-    ``likelihood_kwargs`` go to :func:`log_likelihood` (``rtol``, ``atol``, ``trace``, ...).
+    ``likelihood_kwargs`` go to :func:`log_likelihood` (``rtol``, ``atol``, ``trace``, ``eps``,
+    ``method``, and ``num_steps`` for a fixed-step ``method``).
     """
     u = uniform_dequantize(x, levels=levels, generator=generator)
     y = 2 * u - 1 if centered else u

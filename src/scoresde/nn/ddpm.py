@@ -166,12 +166,15 @@ class DDPM(nn.Module):
         self.all_modules = nn.ModuleList(modules)
         self.class_embed = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
 
-    def _embed(self, labels: Tensor, class_labels: Tensor | None) -> Tensor | None:
-        """Time embedding ``(B, 4 nf)``, or ``None`` if unconditional."""
+    def _embed(
+        self, labels: Tensor, class_labels: Tensor | None, dtype: torch.dtype
+    ) -> Tensor | None:
+        """Time embedding ``(B, 4 nf)`` computed in ``dtype`` (the input's), or ``None`` if
+        unconditional."""
         if not self.conditional:
             return None
         m = self.all_modules
-        temb = m[1](self.act(m[0](sinusoidal_embedding(labels, self.nf))))
+        temb = m[1](self.act(m[0](sinusoidal_embedding(labels, self.nf, dtype=dtype))))
         if self.class_embed is not None and class_labels is not None:
             temb = temb + self.class_embed(class_labels)
         return temb
@@ -184,7 +187,7 @@ class DDPM(nn.Module):
         ``class_labels (B,)`` (int64) is only used when ``num_classes`` was given.
         """
         m = self.all_modules
-        temb = self._embed(labels, class_labels)
+        temb = self._embed(labels, class_labels, x.dtype)
         hs = [m[self._input_conv](x if self.centered else 2 * x - 1.0)]
         for pairs, down in self._down:
             for block, attn in pairs:

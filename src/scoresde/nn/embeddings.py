@@ -25,13 +25,26 @@ class GaussianFourierProjection(nn.Module):
 
 
 def sinusoidal_embedding(
-    timesteps: Tensor, embedding_dim: int, max_positions: int = 10000
+    timesteps: Tensor,
+    embedding_dim: int,
+    max_positions: int = 10000,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Sinusoidal embedding of ``(B,)`` timesteps as in DDPM: ``(B, embedding_dim)``."""
+    """Sinusoidal embedding of ``(B,)`` timesteps as in DDPM: ``(B, embedding_dim)``.
+
+    ``[sin(t w_k), cos(t w_k)]`` with ``w_k = max_positions^(-k / (embedding_dim / 2 - 1))``, zero
+    padded to an odd ``embedding_dim``. It is computed (and returned) in ``dtype``: by default the
+    dtype of floating ``timesteps``, else the default dtype (float32 unless changed). The networks
+    pass their input's dtype, so that a float64 network embeds in float64; float32 results are the
+    same as the official (float32) code's.
+    """
+    if dtype is None:
+        dtype = timesteps.dtype if timesteps.is_floating_point() else torch.get_default_dtype()
     half_dim = embedding_dim // 2
     scale = math.log(max_positions) / (half_dim - 1)
-    freqs = torch.exp(torch.arange(half_dim, dtype=torch.float32, device=timesteps.device) * -scale)
-    args = timesteps.float()[:, None] * freqs[None, :]
+    freqs = torch.exp(torch.arange(half_dim, dtype=dtype, device=timesteps.device) * -scale)
+    args = timesteps.to(dtype)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if embedding_dim % 2 == 1:
         emb = nn.functional.pad(emb, (0, 1))

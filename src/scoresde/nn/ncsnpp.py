@@ -210,15 +210,23 @@ class NCSNpp(nn.Module):
         module = self.all_modules[index]
         return module(h, temb) if self.resblock_type == "biggan" else module(h)
 
-    def _embed(self, labels: Tensor, class_labels: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        """Time embedding ``(B, 4 nf)`` (or ``None``) and the sigmas ``(B,)`` used for scaling."""
+    def _embed(
+        self, labels: Tensor, class_labels: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor | None, Tensor]:
+        """Time embedding ``(B, 4 nf)`` in ``dtype`` (or ``None``) and the sigmas ``(B,)`` used
+        for scaling.
+
+        ``dtype`` is that of the input images: the sinusoidal embedding is computed in it; the
+        Fourier features in it or in the labels' dtype if more precise, then cast to it.
+        """
         m = self.all_modules
         if self.embedding_type == "fourier":
             used_sigmas = labels
-            temb = m[self._fourier](torch.log(labels))
+            log_sigmas = torch.log(labels.to(torch.promote_types(labels.dtype, dtype)))
+            temb = m[self._fourier](log_sigmas).to(dtype)
         else:
             used_sigmas = self.sigmas[labels.long()] if self.scale_by_sigma else labels
-            temb = sinusoidal_embedding(labels, self.nf)
+            temb = sinusoidal_embedding(labels, self.nf, dtype=dtype)
         if self._temb_dense is None:
             return None, used_sigmas
         temb = m[self._temb_dense[1]](self.act(m[self._temb_dense[0]](temb)))
@@ -236,7 +244,7 @@ class NCSNpp(nn.Module):
         ``scale_by_sigma``.
         """
         m = self.all_modules
-        temb, used_sigmas = self._embed(labels, class_labels)
+        temb, used_sigmas = self._embed(labels, class_labels, x.dtype)
         if not self.centered:
             x = 2 * x - 1.0
 

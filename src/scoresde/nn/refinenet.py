@@ -158,7 +158,8 @@ class MSFBlock(nn.Module):
         self.features = features
 
     def forward(self, xs: Sequence[Tensor], y: Tensor | None, shape: Sequence[int]) -> Tensor:
-        out = torch.zeros(xs[0].shape[0], self.features, *shape, device=xs[0].device)
+        x0 = xs[0]
+        out = torch.zeros(x0.shape[0], self.features, *shape, device=x0.device, dtype=x0.dtype)
         for i, (conv, x) in enumerate(zip(self.convs, xs, strict=True)):
             h = conv(x if self.norms is None else self.norms[i](x, y))
             out = out + F.interpolate(h, size=tuple(shape), mode="bilinear", align_corners=True)

@@ -35,6 +35,12 @@ def setup_kernel(
     return k / k.sum()
 
 
+def _kernel_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the resampling functions build their kernel in: float32, or float64 for float64
+    images (the kernel is cast to ``x``'s dtype for the convolution anyway)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def upfirdn2d(
     x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
 ) -> Tensor:
@@ -71,7 +77,7 @@ def upsample_2d(x: Tensor, k: KernelLike = (1, 1), factor: int = 2, gain: float 
 
     The default kernel ``(1,) * factor`` is nearest-neighbour upsampling.
     """
-    kernel = setup_kernel(k, x.device) * (gain * factor**2)
+    kernel = setup_kernel(k, x.device, _kernel_dtype(x)) * (gain * factor**2)
     p = kernel.shape[0] - factor
     return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
@@ -81,7 +87,7 @@ def downsample_2d(x: Tensor, k: KernelLike = (1, 1), factor: int = 2, gain: floa
 
     The default kernel ``(1,) * factor`` is average pooling.
     """
-    kernel = setup_kernel(k, x.device) * gain
+    kernel = setup_kernel(k, x.device, _kernel_dtype(x)) * gain
     p = kernel.shape[0] - factor
     return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
@@ -95,7 +101,7 @@ def upsample_conv_2d(
     ``(out, in, K, K)``, computed as a strided transposed convolution followed by the FIR filter.
     """
     conv_k = w.shape[-1]
-    kernel = setup_kernel(k, x.device) * (gain * factor**2)
+    kernel = setup_kernel(k, x.device, _kernel_dtype(x)) * (gain * factor**2)
     p = (kernel.shape[0] - factor) - (conv_k - 1)
     x = F.conv_transpose2d(x, w.flip(2, 3).transpose(0, 1), stride=factor)
     return upfirdn2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
@@ -110,7 +116,7 @@ def conv_downsample_2d(
     shape ``(out, in, K, K)``, computed as the FIR filter followed by a strided convolution.
     """
     conv_k = w.shape[-1]
-    kernel = setup_kernel(k, x.device) * gain
+    kernel = setup_kernel(k, x.device, _kernel_dtype(x)) * gain
     p = (kernel.shape[0] - factor) + (conv_k - 1)
     x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
     return F.conv2d(x, w, stride=factor)

@@ -75,11 +75,15 @@ class NoiseEmbedding(nn.Module):
         )
 
     def forward(self, labels: Tensor) -> Tensor:
+        """Embed ``labels (B,)`` in the dtype of the dense layers (the network's): the sinusoidal
+        embedding is computed in it, the Fourier features in it or in the labels' dtype if more
+        precise."""
+        dtype = self.dense[0].weight.dtype
         if self.embedding_type == "fourier":
-            emb = self.fourier(torch.log(labels))
+            emb = self.fourier(torch.log(labels.to(torch.promote_types(labels.dtype, dtype))))
         else:
-            emb = sinusoidal_embedding(labels, self.channels)
-        return self.dense(emb.to(self.dense[0].weight.dtype))
+            emb = sinusoidal_embedding(labels, self.channels, dtype=dtype)
+        return self.dense(emb.to(dtype))
 
 
 class ResBlock(nn.Module):

@@ -49,13 +49,30 @@ def solver_options(ts: Tensor, method: str, num_steps: int | None = None) -> dic
 
     Adaptive solvers would otherwise step past ``t1`` and interpolate back, evaluating the score
     outside the SDE's time range (for VP/sub-VP a negative time gives NaN); ``step_t`` makes the
-    last step land on ``t1``.
+    last step land on ``t1``. Fixed-step methods get a grid of exactly ``num_steps`` equal steps
+    from ``ts[0]`` to ``ts[-1]`` (torchdiffeq's ``step_size`` option rounds ``|t1 - t0| /
+    step_size`` up and can add a tiny extra step).
     """
     if method in FIXED_STEP_METHODS:
-        if not num_steps:
+        if num_steps is None:
             raise ValueError(f"method {method!r} is fixed-step: give num_steps")
-        return {"step_size": abs(float(ts[-1] - ts[0])) / num_steps}
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        return {"grid_constructor": _uniform_grid(num_steps)}
     return {"step_t": ts[-1:]}
+
+
+def _uniform_grid(num_steps: int):
+    """torchdiffeq ``grid_constructor``: ``num_steps + 1`` equally spaced times from ``t[0]`` to
+    ``t[-1]``, both ends exact."""
+
+    def grid(func, y0, t: Tensor) -> Tensor:
+        fractions = torch.arange(num_steps + 1, dtype=t.dtype, device=t.device) / num_steps
+        times = t[0] + (t[-1] - t[0]) * fractions
+        times[0], times[-1] = t[0], t[-1]
+        return times
+
+    return grid
 
 
 def ode_sample(
