@@ -22,15 +22,15 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.nn.baseline_presets import (
+from scoresde.interop.official import official_ema_state_dict, official_state_dict_to_ours
+from scoresde.nn.ddpm import DDPM
+from scoresde.nn.ncsn import NCSN, NCSNv2, ncsnv2_variant
+from scoresde.presets.networks_baselines import (
     OFFICIAL_CONFIGS,
     PRESET_NETWORKS,
     PRESETS,
     build_baseline,
 )
-from scoresde.nn.ddpm import DDPM
-from scoresde.nn.ncsn import NCSN, NCSNv2, ncsnv2_variant
-from scoresde.nn.official import official_ema_state_dict, official_state_dict_to_ours
 
 # Preset -> (official parameter count, number of state-dict entries, sha256[:16] of the official
 # state dict's "key:shape" lines in order).
@@ -245,7 +245,7 @@ def test_ddpm_conditioning(single_thread):
 
 def test_ddpm_official_checkpoint_mapping():
     """An official-style DDPM checkpoint (``module.`` keys, EMA ``shadow_params`` in parameter
-    order) maps onto ``DDPM`` with the NCSN++ helpers of ``scoresde.nn.official``."""
+    order) maps onto ``DDPM`` with the NCSN++ helpers of ``scoresde.interop.official``."""
     model = DDPM(**SMALL["ddpm"][1])
     sd = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}
     shadow = [p.detach() + 1.0 for p in model.parameters()]

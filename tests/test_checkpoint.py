@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from scoresde.training.checkpoint import (
+from scoresde.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from scoresde.build import build_loss, build_model, build_sde, pc_options
+from scoresde.build import build_loss, build_model, build_sde, sampler_config
 from scoresde.config import (
     Config,
     ConfigError,
@@ -18,6 +18,7 @@ from scoresde.config import (
 from scoresde.data.pipeline import data_shape
 from scoresde.presets import PRESETS, get_preset
 from scoresde.presets.small import SMALL_PRESETS
+from scoresde.score import ScoreModel
 from scoresde.sdes import VESDE, VPSDE, SubVPSDE
 
 
@@ -28,9 +29,9 @@ def test_small_presets_build_and_run(name):
     model = build_model(cfg)
     sde = build_sde(cfg.sde)
     x = torch.zeros(2, *shape)
-    labels = sde.network_labels(torch.full((2,), 0.5))
+    labels = ScoreModel(model, sde).network_labels(torch.full((2,), 0.5))
     assert model(x, labels).shape == x.shape
-    pc_options(cfg.sample)
+    sampler_config(cfg.sample)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -109,7 +110,7 @@ def test_discrete_losses_need_ve_or_vp():
 def test_unknown_sampler_names_are_rejected():
     cfg = apply_overrides(Config(), ["sample.corrector=langevinn"])
     with pytest.raises(ValueError, match="unknown corrector 'langevinn'"):
-        pc_options(cfg.sample)
+        sampler_config(cfg.sample)
 
 
 @pytest.mark.parametrize("bad, message", [

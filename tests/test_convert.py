@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from scoresde.cli import main
-from scoresde.convert import config_from_official, convert_official
-from scoresde.nn.official import convert_official_checkpoint, load_converted
+from scoresde.interop.convert import config_from_official, convert_official
+from scoresde.interop.official import (
+    from_official_config,
+    load_official_checkpoint,
+    load_strict,
+    official_ema_state_dict,
+    official_state_dict_to_ours,
+)
+from scoresde.nn.ncsnpp import NCSNpp
 from scoresde.runs import load_trained
 
 
@@ -37,8 +44,16 @@ def test_config_from_official_reads_every_section(official):
 def test_converted_run_reproduces_the_official_network(official, tmp_path, use_ema):
     path = convert_official(official, tmp_path / "run", use_ema=use_ema).checkpoint
     run = load_trained(path, device="cpu")
-    reference = load_converted(
-        convert_official_checkpoint(official, tmp_path / "plain", use_ema=use_ema))
+    # The reference: the official network from its own config, with the official weights.
+    config = json.loads(official.with_suffix(".config.json").read_text())
+    reference = NCSNpp(**from_official_config(config["model"], config["data"]))
+    checkpoint = load_official_checkpoint(official)
+    weights = (
+        official_ema_state_dict(checkpoint, reference)
+        if use_ema
+        else official_state_dict_to_ours(checkpoint["model"])
+    )
+    load_strict(reference, weights)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.5, 20.0])
     with torch.no_grad():

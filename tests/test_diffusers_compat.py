@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scoresde.nn.diffusers_compat import (
+from scoresde.interop.diffusers import (
     DiffusersCompatError,
     diffusers_state_dict_to_ncsnpp,
     load_diffusers_ncsnpp,
@@ -21,7 +21,7 @@ from scoresde.nn.diffusers_compat import (
     ncsnpp_state_dict_to_diffusers,
 )
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.nn.ncsnpp_presets import PRESETS
+from scoresde.presets.networks_ncsnpp import PRESETS
 
 
 def _config(

@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
+from scoresde.checkpoint import load_checkpoint
 from scoresde.cli import main
-from scoresde.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -13,23 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.nn.ncsnpp_presets import (
-    PRESETS,
-    ddpmpp_cifar10_continuous,
-    ncsnpp_cifar10_continuous,
-)
-from scoresde.nn.official import (
+from scoresde.checkpoint import load_checkpoint
+from scoresde.config import config_from_dict, load_config
+from scoresde.interop.convert import config_from_official, convert_official
+from scoresde.interop.official import (
     OfficialCheckpointError,
-    convert_official_checkpoint,
     from_official_config,
-    load_converted,
     load_official_checkpoint,
     official_ema_state_dict,
     official_state_dict_to_ours,
 )
+from scoresde.nn.ncsnpp import NCSNpp
+from scoresde.presets.networks_ncsnpp import (
+    PRESETS,
+    ddpmpp_cifar10_continuous,
+    ncsnpp_cifar10_continuous,
+)
+from scoresde.runs import load_trained
 
 TINY = ("ncsnpp_ve_tiny", "ddpmpp_vp_tiny")
 CHECKPOINT = "ncsnpp_ve_nf8_checkpoint.pth"
@@ -208,12 +209,16 @@ def test_malicious_and_foreign_files_are_refused(tmp_path):
 def test_convert_round_trip(reference_path, tmp_path, use_ema):
     reference_path(CHECKPOINT.replace(".pth", ".config.json"))
     src = reference_path(CHECKPOINT)
-    out_dir = convert_official_checkpoint(src, tmp_path / "converted", use_ema=use_ema)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "model.safetensors"]
-    meta = json.loads((out_dir / "config.json").read_text())
+    out_dir = tmp_path / "converted"
+    result = convert_official(src, out_dir, use_ema=use_ema)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.safetensors", "config.json"]
     official_config = json.loads(src.with_suffix(".config.json").read_text())
-    assert meta["official_config"] == official_config
-    assert meta["weights"] == ("ema" if use_ema else "model") and meta["step"] == 2
+    expected_cfg = config_from_official(official_config)
+    assert load_config(result.config) == expected_cfg
+    stored = load_checkpoint(result.checkpoint)
+    assert config_from_dict(stored.config) == expected_cfg
+    assert stored.extra == {"source": str(src), "weights": "ema" if use_ema else "model"}
+    assert stored.step == result.step == 2 and stored.ema is None and stored.optimizer is None
 
     checkpoint = load_official_checkpoint(src)
     expected_sd = (
@@ -221,14 +226,13 @@ def test_convert_round_trip(reference_path, tmp_path, use_ema):
         if use_ema
         else official_state_dict_to_ours(checkpoint["model"])
     )
-    stored = load_file(out_dir / "model.safetensors")
-    assert set(stored) == set(expected_sd)
-    assert all(torch.equal(stored[k], v) for k, v in expected_sd.items())
+    assert set(stored.model) == set(expected_sd)
+    assert all(torch.equal(stored.model[k], v) for k, v in expected_sd.items())
 
     reference = NCSNpp(**from_official_config(official_config["model"], official_config["data"]))
     reference.load_state_dict(expected_sd)
     reference.eval()
-    model = load_converted(out_dir)
+    model = load_trained(result.checkpoint, device="cpu").model
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([0.05, 7.0])
     with torch.no_grad():

@@ -1,10 +1,11 @@
 """Official checkpoints of every supported network: DDPM, NCSN, NCSNv2 (synthetic, in the official
-layout) and NCSN++ (the real reference checkpoint), through ``convert_official_checkpoint`` and
-``load_converted``."""
+layout) and NCSN++ (the real reference checkpoint), through the one conversion path
+(``convert_official``: a scoresde run folder) and back through ``load_trained``."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,23 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from scoresde.nn.ddpm import DDPM
-from scoresde.nn.ncsn import NCSN, NCSNv2
-from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.nn.official import (
+from scoresde.build import build_model, network_definition
+from scoresde.checkpoint import load_checkpoint
+from scoresde.config import config_to_dict, load_config, model_config_from_network
+from scoresde.data.pipeline import data_shape
+from scoresde.interop.convert import config_from_official, convert_official
+from scoresde.interop.official import (
     OfficialCheckpointError,
-    convert_official_checkpoint,
     from_official_config,
-    load_converted,
     load_official_checkpoint,
     official_ema_state_dict,
     official_network,
     official_state_dict_to_ours,
 )
+from scoresde.nn.ddpm import DDPM
+from scoresde.nn.ncsn import NCSN, NCSNv2
+from scoresde.nn.ncsnpp import NCSNpp
+from scoresde.runs import load_trained
 
 CHECKPOINT = "ncsnpp_ve_nf8_checkpoint.pth"
 DATA = {"image_size": 16, "num_channels": 3, "centered": False}
@@ -83,10 +88,51 @@ EXPECTED_CLASS = {
     "ncsnv2_128": NCSNv2,
     "ncsnv2_256": NCSNv2,
 }
+# The rest of a whole official config (what ``config_from_official`` reads besides the network).
+_OTHER_SECTIONS: dict[str, dict[str, Any]] = {
+    "training": {
+        "continuous": False,
+        "n_iters": 10,
+        "batch_size": 2,
+        "likelihood_weighting": False,
+        "reduce_mean": False,
+    },
+    "sampling": {
+        "predictor": "reverse_diffusion",
+        "corrector": "langevin",
+        "snr": 0.16,
+        "n_steps_each": 1,
+        "noise_removal": True,
+    },
+    "optim": {
+        "lr": 2e-4,
+        "beta1": 0.9,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "warmup": 5000,
+        "grad_clip": 1.0,
+    },
+}
 
 
 def _config(name: str) -> dict[str, Any]:
-    return {"model": dict(CONFIGS[name]), "data": dict(DATA)}
+    """A whole official config (``model``, ``data``, ``training``, ``sampling``, ``optim``) with
+    the small network ``CONFIGS[name]``: DDPM on the VP SDE, NCSN and NCSNv2 on the VE SDE."""
+    sections = copy.deepcopy(_OTHER_SECTIONS)
+    sections["training"]["sde"] = "vpsde" if name == "ddpm" else "vesde"
+    model = {**CONFIGS[name], "ema_rate": 0.999}
+    return {"model": model, "data": {**DATA, "dataset": "CIFAR10"}, **sections, "seed": 42}
+
+
+def _build(config: dict[str, Any]) -> nn.Module:
+    """The network of an official config, built the one way: its scoresde config's
+    ``build_model`` (initialised from the config's seed)."""
+    return build_model(config_from_official(config))
+
+
+def _write_config(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(config))
+    return path
 
 
 def _labels(name: str) -> Tensor:
@@ -120,10 +166,19 @@ def _write_official_checkpoint(model: nn.Module, path: Path) -> list[Tensor]:
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_official_network_dispatch(name):
     spec = official_network(CONFIGS[name], DATA)
-    assert type(spec.build()) is EXPECTED_CLASS[name]
     assert from_official_config(CONFIGS[name], DATA) == spec.kwargs
     if name.startswith("ncsnv2"):
         assert spec.kwargs["variant"] == int(name.split("_")[1])
+    cfg = config_from_official(_config(name))
+    assert cfg.model == model_config_from_network(spec.name, spec.kwargs, continuous=False)
+    assert type(build_model(cfg)) is EXPECTED_CLASS[name]
+    # Official kwargs -> ModelConfig -> constructor kwargs loses nothing; the network options the
+    # official config does not set keep their defaults.
+    net = network_definition(spec.name)
+    built = net.kwargs(cfg, data_shape(cfg.data))
+    assert {key: built[key] for key in spec.kwargs} == spec.kwargs
+    defaults = inspect.signature(net.network_class()).parameters
+    assert all(built[key] == defaults[key].default for key in set(built) - set(spec.kwargs))
 
 
 def test_unsupported_configs_are_rejected():
@@ -139,11 +194,11 @@ def test_unsupported_configs_are_rejected():
 def test_convert_synthetic_checkpoint(tmp_path, single_thread, name):
     """EMA and raw weights both come back exactly: same state dict, same outputs."""
     config = _config(name)
-    torch.manual_seed(0)
-    model = official_network(config["model"], config["data"]).build().eval()
+    model = _build(config).eval()
     src = tmp_path / "checkpoint_7.pth"
     shadow = _write_official_checkpoint(model, src)
-    src.with_suffix(".config.json").write_text(json.dumps(config))
+    _write_config(config, src.with_suffix(".config.json"))
+    elsewhere = _write_config(config, tmp_path / "official_config.json")
     ema_model = copy.deepcopy(model)
     with torch.no_grad():
         trainable = [p for p in ema_model.parameters() if p.requires_grad]
@@ -154,17 +209,24 @@ def test_convert_synthetic_checkpoint(tmp_path, single_thread, name):
     for use_ema, expected in ((True, ema_model), (False, model)):
         out_dir = tmp_path / ("ema" if use_ema else "raw")
         if use_ema:  # the config from the JSON file next to the checkpoint
-            convert_official_checkpoint(src, out_dir)
+            result = convert_official(src, out_dir)
         else:
-            convert_official_checkpoint(src, out_dir, use_ema=False, config=config)
-        meta = json.loads((out_dir / "config.json").read_text())
-        assert meta["network_class"] == EXPECTED_CLASS[name].__name__
-        assert meta["official_config"] == config
-        assert meta["step"] == 7 and meta["weights"] == ("ema" if use_ema else "model")
+            result = convert_official(src, out_dir, use_ema=False, official_config=elsewhere)
+        assert sorted(f.name for f in out_dir.iterdir()) == [
+            "checkpoint.safetensors",
+            "config.json",
+        ]
+        assert config_to_dict(load_config(result.config)) == config_to_dict(
+            config_from_official(config)
+        )
+        stored = load_checkpoint(result.checkpoint)
+        assert result.step == stored.step == 7 and stored.ema is None
+        assert stored.extra == {"source": str(src), "weights": "ema" if use_ema else "model"}
 
-        loaded = load_converted(out_dir)
+        loaded = load_trained(result.checkpoint, device="cpu").model
         assert type(loaded) is EXPECTED_CLASS[name] and not loaded.training
         loaded_sd = loaded.state_dict()
+        assert list(loaded_sd) == list(expected.state_dict())
         for key, value in expected.state_dict().items():
             assert torch.equal(loaded_sd[key], value), key
         with torch.no_grad():
@@ -174,7 +236,7 @@ def test_convert_synthetic_checkpoint(tmp_path, single_thread, name):
 def test_ema_without_model_matches_model_based_selection(tmp_path):
     """Inferring the trainable entries from the keys agrees with the model's parameters."""
     for name in ("ncsn", "ncsnv2_64"):
-        model = official_network(CONFIGS[name], DATA).build()
+        model = _build(_config(name))
         src = tmp_path / f"{name}.pth"
         _write_official_checkpoint(model, src)
         checkpoint = load_official_checkpoint(src)
@@ -186,19 +248,9 @@ def test_ema_without_model_matches_model_based_selection(tmp_path):
 
 def test_reference_checkpoint_converts_as_ncsnpp(reference_path, tmp_path):
     reference_path(CHECKPOINT.replace(".pth", ".config.json"))
-    out_dir = convert_official_checkpoint(reference_path(CHECKPOINT), tmp_path / "out")
-    meta = json.loads((out_dir / "config.json").read_text())
-    assert meta["network_class"] == "NCSNpp"
-    assert isinstance(load_converted(out_dir), NCSNpp)
-
-
-def test_directory_without_network_class_loads_as_ncsnpp(reference_path, tmp_path):
-    reference_path(CHECKPOINT.replace(".pth", ".config.json"))
-    out_dir = convert_official_checkpoint(reference_path(CHECKPOINT), tmp_path / "out")
-    meta = json.loads((out_dir / "config.json").read_text())
-    del meta["network_class"]
-    (out_dir / "config.json").write_text(json.dumps(meta))
-    assert isinstance(load_converted(out_dir), NCSNpp)
+    result = convert_official(reference_path(CHECKPOINT), tmp_path / "out")
+    assert load_config(result.config).model.name == "ncsnpp"
+    assert isinstance(load_trained(result.checkpoint, device="cpu").model, NCSNpp)
 
 
 def _assert_one_line(info: pytest.ExceptionInfo[BaseException]) -> None:
@@ -206,33 +258,36 @@ def _assert_one_line(info: pytest.ExceptionInfo[BaseException]) -> None:
 
 
 def test_shadow_count_mismatch_is_a_clear_error(tmp_path):
-    model = official_network(CONFIGS["ncsnv2_64"], DATA).build()
+    model = _build(_config("ncsnv2_64"))
     src = tmp_path / "checkpoint.pth"
     _write_official_checkpoint(model, src)
     checkpoint = load_official_checkpoint(src)
     checkpoint["ema"]["shadow_params"].pop()
     torch.save(checkpoint, src)
+    config = _write_config(_config("ncsnv2_64"), tmp_path / "ncsnv2_64.json")
     with pytest.raises(
         OfficialCheckpointError, match=r"EMA has \d+ shadow params but the NCSNv2"
     ) as info:
-        convert_official_checkpoint(src, tmp_path / "out", config=_config("ncsnv2_64"))
+        convert_official(src, tmp_path / "out", official_config=config)
     _assert_one_line(info)
     assert not (tmp_path / "out").exists()
     # Raw weights need no shadows.
-    convert_official_checkpoint(src, tmp_path / "raw", use_ema=False, config=_config("ncsnv2_64"))
+    convert_official(src, tmp_path / "raw", use_ema=False, official_config=config)
 
 
 def test_checkpoint_of_another_network_is_a_clear_error(tmp_path):
-    model = official_network(CONFIGS["ncsnv2_64"], DATA).build()
+    model = _build(_config("ncsnv2_64"))
     src = tmp_path / "checkpoint.pth"
     _write_official_checkpoint(model, src)
-    for config, use_ema in ((_config("ncsnv2_128"), False), (_config("ncsn"), False)):
+    configs = {n: _write_config(_config(n), tmp_path / f"{n}.json") for n in ("ncsnv2_128", "ncsn")}
+    for config, use_ema in ((configs["ncsnv2_128"], False), (configs["ncsn"], False)):
         with pytest.raises(OfficialCheckpointError, match="does not fit the config's") as info:
-            convert_official_checkpoint(src, tmp_path / "out", use_ema=use_ema, config=config)
+            convert_official(src, tmp_path / "out", use_ema=use_ema, official_config=config)
         _assert_one_line(info)
     with pytest.raises(OfficialCheckpointError) as info:
-        convert_official_checkpoint(src, tmp_path / "out", config=_config("ncsnv2_128"))
+        convert_official(src, tmp_path / "out", official_config=configs["ncsnv2_128"])
     _assert_one_line(info)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_state_dict_keys_are_rejected():

@@ -8,7 +8,7 @@ CIFAR-10 NCSN++ / DDPM++ ones are in ``shared/reference/keys_*.txt``.
 import pytest
 import torch
 
-from scoresde.build import build_loss, build_model, build_sde, pc_options
+from scoresde.build import build_loss, build_model, build_sde, sampler_config
 from scoresde.config import Config
 from scoresde.presets import PRESETS, get_preset
 from scoresde.presets.paper import PAPER_PRESETS
@@ -68,7 +68,7 @@ def test_preset_network_has_the_official_parameter_count(name):
         model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMETERS[name]
     build_loss(cfg, build_sde(cfg.sde))
-    pc_options(cfg.sample)
+    sampler_config(cfg.sample)
 
 
 @pytest.mark.parametrize("name, keys_file", [

@@ -16,7 +16,9 @@ import torch
 
 import scoresde as S
 from scoresde._tensor import append_dims
-from scoresde.nn.official import official_network, official_state_dict_to_ours
+from scoresde.build import build_model
+from scoresde.interop.convert import config_from_official
+from scoresde.interop.official import official_state_dict_to_ours
 
 CASES = [("ncsnpp_ve_tiny.pt", "VE", S.VESDE()), ("ddpmpp_vp_tiny.pt", "VP", S.VPSDE()),
          ("ddpmpp_vp_tiny.pt", "subVP", S.SubVPSDE())]
@@ -41,7 +43,7 @@ def networks(reference_path):
     loaded = {}
     for name in {c[0] for c in CASES}:
         d = torch.load(reference_path(name), weights_only=True)
-        net = official_network(d["config"]["model"], d["config"]["data"]).build()
+        net = build_model(config_from_official(d["config"]))
         net.load_state_dict(official_state_dict_to_ours(d["state_dict"]))
         loaded[name] = (net.eval(), d)
     return loaded
@@ -58,7 +60,7 @@ def test_score_and_reverse_processes_match_official(networks, file, key, sde):
         return ours(x_, t_) * ratio
 
     with torch.no_grad():
-        torch.testing.assert_close(sde.network_labels(t), ref["labels"])
+        torch.testing.assert_close(ours.network_labels(t), ref["labels"])
         _close(score_fn(x, t), ref["score"])
         drift, g = S.reverse_sde(sde, score_fn, x, t)
         _close(drift, ref["reverse_sde_drift"])

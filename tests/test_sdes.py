@@ -402,48 +402,8 @@ def test_reverse_sde_and_probability_flow_algebra(name):
 
 
 # --------------------------------------------------------------------------------------------
-# Network conditioning and Langevin constants
+# Langevin constants (network labels and stds: tests/test_score_model.py)
 # --------------------------------------------------------------------------------------------
-
-
-def test_network_labels_ve():
-    sde = VESDE()
-    t = torch.tensor([0.0, 1 / 999, 0.25, 0.5, 1.0], dtype=F64)
-    torch.testing.assert_close(sde.network_labels(t), sigma_ve(t), rtol=1e-12, atol=0)
-    disc = sde.network_labels(t, continuous=False)
-    assert disc.dtype == torch.long
-    # NCSN indexes its scales from the largest: index 0 at t = T, N - 1 at t = 0
-    assert disc.tolist() == [999, 998, round(0.75 * 999), round(0.5 * 999), 0]
-    # every grid time t_i = i / (N - 1) maps to index N - 1 - i
-    t_i = torch.arange(N, dtype=torch.float32) / (N - 1)
-    assert torch.equal(sde.network_labels(t_i, continuous=False), torch.arange(N - 1, -1, -1))
-
-
-@pytest.mark.parametrize("cls", [VPSDE, SubVPSDE])
-def test_network_labels_vp(cls):
-    sde = cls()
-    t = torch.tensor([0.0, 0.001, 0.5, 1.0], dtype=F64)
-    torch.testing.assert_close(sde.network_labels(t), 999 * t, rtol=1e-15, atol=0)
-    if cls is SubVPSDE:
-        with pytest.raises(ValueError, match="sub-VP"):
-            sde.network_labels(t, continuous=False)
-    else:
-        torch.testing.assert_close(sde.network_labels(t, continuous=False), (N - 1) * t)
-
-
-def test_vp_discrete_std():
-    """DDPM's ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)`` from the (float32) table."""
-    sde = VPSDE()
-    i = torch.tensor([0, 1, 10, 500, 998, 999])
-    t = i.to(torch.float32) / (N - 1)
-    expected = (1 - sde.alphas_cumprod[i]).sqrt()
-    torch.testing.assert_close(sde.discrete_std(t), expected, rtol=1e-6, atol=0)
-    # rounding, not flooring: t just below t_i still reads index i
-    torch.testing.assert_close(sde.discrete_std(t - 1e-5), expected, rtol=1e-6, atol=0)
-    # and the table agrees with the formula to its float32 rounding (~6e-8 / beta_1 = 6e-4 rel)
-    betas = torch.linspace(BETA_MIN / N, BETA_MAX / N, N, dtype=F64)
-    by_hand = (1 - torch.cumprod(1 - betas, 0)[i]).sqrt().float()
-    torch.testing.assert_close(sde.discrete_std(t), by_hand, rtol=1e-3, atol=0)
 
 
 def test_langevin_alpha():
@@ -454,9 +414,3 @@ def test_langevin_alpha():
         alpha = sde.langevin_alpha(t)
         assert alpha.dtype == F64
         torch.testing.assert_close(alpha, 1 - betas[[0, 249, 499, 999]], rtol=1e-6, atol=0)
-
-
-def test_default_parametrization():
-    assert VESDE().default_parametrization == "score"
-    assert VPSDE().default_parametrization == "eps"
-    assert SubVPSDE().default_parametrization == "eps"

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,9 @@ from scoresde.data.toy import toy_gmm
 from scoresde.presets import get_preset
 from scoresde.rundir import OutputExistsError
 from scoresde.runs import evaluate_likelihood, generate, load_trained
-from scoresde.training.loop import train, warmup_lr
+from scoresde.training.ema import EMA
+from scoresde.training.loop import train
+from scoresde.training.state import warmup_lr
 
 
 def _tiny(steps: int, **kw):
@@ -143,3 +146,58 @@ def test_make_optimizer_uses_the_config():
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
         3e-4, (0.8, 0.999), 1e-6, 0.01)
     assert group["fused"] is True  # this PyTorch has fused Adam on CPU
+
+
+def test_conditional_batches_reach_the_network(tmp_path):
+    """A class-conditional NCSN++ on labelled digits: the label embedding is trained."""
+    over = [
+        "model.name=ncsnpp", "model.nf=8", "model.ch_mult=1", "model.num_res_blocks=1",
+        "model.num_classes=10", "train.steps=2", "train.batch_size=8", "train.warmup=0",
+        "train.checkpoint_every=0", "device=cpu",
+    ]
+    cfg = apply_overrides(get_preset("digits_vp"), over)
+    before = build_model(cfg).class_embed.weight.clone()
+    result = train(cfg, tmp_path, progress=False)
+    after = result.model.class_embed.weight
+    changed = (after - before).abs().sum(dim=1) > 0
+    assert 0 < int(changed.sum()) <= 10  # the rows of the labels that were drawn, and only them
+
+
+def test_train_step_passes_the_labels_on():
+    from scoresde.data.pipeline import Batch
+    from scoresde.training.state import TrainState, train_step
+
+    seen = {}
+    net = torch.nn.Linear(2, 2)
+
+    def score_model(x, t, **condition):
+        seen.update(condition)
+        return net(x)
+
+    state = TrainState(net, score_model, EMA(net, 0.9), torch.optim.SGD(net.parameters(), 0.1),
+                       0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    labels = torch.tensor([3, 1])
+    loss_fn = lambda score_fn, x0, g: score_fn(x0, torch.zeros(2)).square().sum(1)  # noqa: E731
+    train_step(state, Batch(torch.ones(2, 2), labels), loss_fn, _tiny(1).train)
+    assert torch.equal(seen["class_labels"], labels) and state.step == 1
+
+
+def test_unlabelled_data_refuses_a_conditional_model(tmp_path):
+    with pytest.raises(ValueError, match="has no class labels"):
+        train(_tiny(1, **{"model.num_classes": 3}), tmp_path, progress=False)
+
+
+def test_hooks_see_every_step_and_sample_grids_are_written(tmp_path):
+    calls = []
+
+    def hook(state, loss, last):
+        calls.append((state.step, last))
+
+    cfg = _tiny(6, **{"train.sample_every": 3, "sample.num_steps": 5})
+    result = train(cfg, tmp_path, progress=False, hooks=[hook])
+    assert calls == [(1, False), (2, False), (3, False), (4, False), (5, False), (6, True)]
+    assert result.steps == 6
+    for step in (3, 6):
+        grid = tmp_path / "samples" / f"step_{step:07d}"
+        assert grid.with_suffix(".png").exists()
+        assert np.isfinite(np.load(grid.with_suffix(".npy"))).all()

@@ -4,11 +4,20 @@ The public API: SDEs, the network-to-score boundary, losses, samplers, likelihoo
 inverse problems. Everything outside the networks works with ``score_fn(x, t)``.
 """
 
+from scoresde.data.transforms import uniform_dequantize
 from scoresde.inverse import colorize, inpaint
-from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood, uniform_dequantize
+from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
-from scoresde.sampling import CORRECTORS, PREDICTORS, ode_sample, pc_sample, uniform_time_grid
-from scoresde.score import make_score_fn, tweedie_denoise
+from scoresde.sampling import (
+    CORRECTORS,
+    PREDICTORS,
+    SAMPLERS,
+    ode_sample,
+    pc_sample,
+    sample,
+    uniform_time_grid,
+)
+from scoresde.score import ScoreModel, make_score_fn, tweedie_denoise
 from scoresde.sdes import (
     SDE,
     VESDE,
@@ -24,9 +33,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CORRECTORS",
     "PREDICTORS",
+    "SAMPLERS",
     "SDE",
     "VESDE",
     "VPSDE",
+    "ScoreModel",
     "SubVPSDE",
     "bits_per_dim",
     "colorize",
@@ -41,6 +52,7 @@ __all__ = [
     "probability_flow_drift",
     "reverse_discretize",
     "reverse_sde",
+    "sample",
     "smld_loss",
     "tweedie_denoise",
     "uniform_dequantize",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scoresde.seeding import SampleStreams
+
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
     """Append trailing singleton dims so a per-example tensor broadcasts against data.
@@ -37,6 +39,23 @@ def flat_mean(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def randn(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | SampleStreams | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal noise of ``shape`` ``(B, ...)`` from ``generator``.
+
+    A :class:`~scoresde.seeding.SampleStreams` draws example ``i``'s noise from example ``i``'s
+    own stream, so it does not depend on the batch it is drawn in.
+    """
+    if isinstance(generator, SampleStreams):
+        return generator.randn(tuple(shape), device=device, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | SampleStreams | None = None) -> Tensor:
     """Standard normal noise like ``x`` from ``generator`` (``torch.randn_like`` takes none)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from scoresde.config import Config, ModelConfig, SampleConfig, SDEConfig
+from scoresde.config import Config, ConfigError, ModelConfig, SampleConfig, SDEConfig
 from scoresde.data.pipeline import data_shape
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
-from scoresde.sampling import CORRECTORS, PREDICTORS
-from scoresde.score import ScoreFn, make_score_fn
+from scoresde.sampling import check_sampler
+from scoresde.score import ScoreFn, ScoreModel, make_score_fn
 from scoresde.sdes import SDE, VESDE, VPSDE, SubVPSDE
 from scoresde.seeding import derive_seed, private_global_rng
 
@@ -33,139 +37,238 @@ def build_sde(cfg: SDEConfig) -> SDE:
 def build_model(cfg: Config) -> nn.Module:
     """The score network of ``cfg.model`` for ``cfg.data``'s example shape, on the CPU.
 
-    The image networks also get the image size and channels from the data, whether data is
-    centred, and the noise scales of the SDE (which fill the official ``sigmas`` buffer).
-    The initial weights are a function of ``cfg.seed`` alone (the ``"init"`` stream of
-    :mod:`scoresde.seeding`): the same config gives bit-identical weights in every process,
-    and the caller's global RNG state is left as it was.
+    The only place a network is built from a config: ``MODELS[cfg.model.name]`` says where each
+    constructor argument comes from. The image networks also get the image size and channels
+    from the data, whether data is centred, and the noise scales of the SDE (which fill the
+    official ``sigmas`` buffer). The initial weights are a function of ``cfg.seed`` alone (the
+    ``"init"`` stream of :mod:`scoresde.seeding`): the same config gives bit-identical weights
+    in every process, and the caller's global RNG state is left as it was.
     """
     with private_global_rng(derive_seed(cfg.seed, "init")):
         return _build_network(cfg)
 
 
 def _build_network(cfg: Config) -> nn.Module:
-    m, shape = cfg.model, data_shape(cfg.data)
-    if m.name == "mlp":
-        _expect(len(shape) == 1, m.name, "vector data (D,)", shape)
-        from scoresde.nn.mlp import ScoreMLP
-
-        return ScoreMLP(dim=shape[0], hidden=m.hidden, depth=m.depth, **_embedding(m))
-    if m.name not in MODELS:
-        raise ValueError(f"unknown model {m.name!r}; choose from {['mlp', *MODELS]}")
-    _expect(len(shape) == 3, m.name, "image data (C, H, W)", shape)
-    return MODELS[m.name](cfg, shape)
+    shape = data_shape(cfg.data)
+    net = network_definition(cfg.model.name)
+    if len(shape) != net.ndim:
+        what = "vector data (D,)" if net.ndim == 1 else "image data (C, H, W)"
+        raise ValueError(
+            f"model {cfg.model.name!r} needs {what}, got examples of shape {shape}"
+        )
+    return net.network_class()(**net.kwargs(cfg, shape))
 
 
-def _expect(ok: bool, name: str, what: str, shape: tuple[int, ...]) -> None:
-    if not ok:
-        raise ValueError(f"model {name!r} needs {what}, got examples of shape {shape}")
+@dataclass(frozen=True)
+class Option:
+    """A constructor argument that a :class:`ModelConfig` field holds in another form."""
+
+    field: str
+    to_network: Callable[[Any], Any]
+    from_network: Callable[[Any], Any]
 
 
-def _embedding(m: ModelConfig) -> dict[str, Any]:
-    return dict(
-        embedding_type=m.embedding_type,
-        fourier_scale=m.fourier_scale,
-        scale_by_sigma=m.scale_by_sigma,
-    )
+def _same(value: Any) -> Any:
+    return value
 
 
-def _small_unet(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
-    from scoresde.nn.unet import SmallUNet
-
-    m = cfg.model
-    return SmallUNet(
-        in_channels=shape[0],
-        base_channels=m.nf,
-        channel_mults=m.ch_mult,
-        num_res_blocks=m.num_res_blocks,
-        attention=bool(m.attn_resolutions),
-        dropout=m.dropout,
-        **_embedding(m),
-    )
+def _zero_is_none(field_name: str) -> Option:
+    """``0`` in the config is ``None`` for the network (no class embedding, automatic variant)."""
+    return Option(field_name, lambda v: v or None, lambda v: v or 0)
 
 
-def _image_net_common(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
-    m, s = cfg.model, cfg.sde
-    return dict(
-        image_size=shape[-1],
-        num_channels=shape[0],
-        nf=m.nf,
-        centered=cfg.data.centered,
-        sigma_min=s.sigma_min,
-        sigma_max=s.sigma_max,
-        num_scales=s.N,
-        nonlinearity=m.nonlinearity,
-    )
+# SmallUNet has one attention block, at its lowest resolution: any non-empty attn_resolutions.
+_ATTENTION_FLAG = Option("attn_resolutions", bool, lambda on: (1,) if on else ())
+
+_CONTEXT: dict[str, Callable[[Config, tuple[int, ...]], Any]] = {
+    "dim": lambda cfg, shape: shape[0],
+    "in_channels": lambda cfg, shape: shape[0],
+    "num_channels": lambda cfg, shape: shape[0],
+    "image_size": lambda cfg, shape: shape[-1],
+    "centered": lambda cfg, shape: cfg.data.centered,
+    "sigma_min": lambda cfg, shape: cfg.sde.sigma_min,
+    "sigma_max": lambda cfg, shape: cfg.sde.sigma_max,
+    "num_scales": lambda cfg, shape: cfg.sde.N,
+}
+"""Constructor arguments filled from the data config (example shape, centring) and the SDE's."""
 
 
-def _unet_common(m: ModelConfig) -> dict[str, Any]:
-    """Options NCSN++ and DDPM share."""
-    return dict(
-        ch_mult=m.ch_mult,
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=m.attn_resolutions,
-        dropout=m.dropout,
-        resamp_with_conv=m.resamp_with_conv,
-        conditional=m.conditional,
-        num_classes=m.num_classes or None,
-    )
+@dataclass(frozen=True)
+class Network:
+    """One architecture: its class, the data it takes and where each constructor argument
+    comes from.
+
+    ``options`` maps constructor arguments to the :class:`ModelConfig` fields holding them (an
+    :class:`Option` where the two forms differ); ``context`` names the arguments filled from
+    the data and SDE configs (``_CONTEXT``). Together they are exactly the parameters of the
+    class's constructor (``inspect.signature``; checked by the tests).
+    """
+
+    module: str
+    class_name: str
+    ndim: int  # of one example: 1 for vectors (D,), 3 for images (C, H, W)
+    options: Mapping[str, str | Option]
+    context: tuple[str, ...]
+
+    def network_class(self) -> type[nn.Module]:
+        """The class (imported on first use)."""
+        return getattr(importlib.import_module(self.module), self.class_name)
+
+    def parameters(self) -> list[str]:
+        """The constructor's parameter names, in order."""
+        return list(inspect.signature(self.network_class()).parameters)
+
+    def kwargs(self, cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The constructor's keyword arguments for ``cfg`` and examples of ``shape``."""
+        out = {}
+        for arg, option in self.options.items():
+            option = _as_option(option)
+            out[arg] = option.to_network(getattr(cfg.model, option.field))
+        out.update({arg: _CONTEXT[arg](cfg, shape) for arg in self.context})
+        return out
+
+    def model_fields(self, name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The :class:`ModelConfig` fields held in constructor ``kwargs`` (``context`` keys are
+        dropped: they belong to the data and SDE configs).
+
+        Raises:
+            ConfigError: a key that is not a parameter of the constructor (unknown, misspelt, or
+                an option of another network), named in a one-line message.
+        """
+        parameters = self.parameters()
+        fields = {}
+        for key, value in kwargs.items():
+            if key not in parameters:
+                close = difflib.get_close_matches(key, parameters, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"its options: {parameters}"
+                raise ConfigError(
+                    f"{key!r} is not an option of {self.class_name} (model {name!r}); {hint}"
+                )
+            if key in self.context:
+                continue
+            if key not in self.options:
+                raise ConfigError(
+                    f"{self.class_name} option {key!r} has no ModelConfig field (model {name!r})"
+                )
+            option = _as_option(self.options[key])
+            fields[option.field] = option.from_network(value)
+        return fields
 
 
-def _ncsnpp(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
-    from scoresde.nn.ncsnpp import NCSNpp
-
-    m = cfg.model
-    return NCSNpp(
-        **_image_net_common(cfg, shape),
-        **_unet_common(m),
-        **_embedding(m),
-        resblock_type=m.resblock_type,
-        fir=m.fir,
-        fir_kernel=m.fir_kernel,
-        skip_rescale=m.skip_rescale,
-        progressive=m.progressive,
-        progressive_input=m.progressive_input,
-        progressive_combine=m.progressive_combine,
-        init_scale=m.init_scale,
-    )
+def _as_option(option: str | Option) -> Option:
+    return Option(option, _same, _same) if isinstance(option, str) else option
 
 
-def _ddpm(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
-    from scoresde.nn.ddpm import DDPM
+_EMBEDDING = {name: name for name in ("embedding_type", "fourier_scale", "scale_by_sigma")}
+_UNET = {  # options NCSN++ and DDPM share
+    **{name: name for name in ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout")},
+    **{name: name for name in ("resamp_with_conv", "conditional", "nonlinearity")},
+    "num_classes": _zero_is_none("num_classes"),
+}
+_IMAGE_CONTEXT = ("image_size", "num_channels", "centered", "sigma_min", "sigma_max", "num_scales")
 
-    return DDPM(
-        **_image_net_common(cfg, shape),
-        **_unet_common(cfg.model),
-        scale_by_sigma=cfg.model.scale_by_sigma,
-    )
+MODELS: dict[str, Network] = {
+    "mlp": Network(
+        "scoresde.nn.mlp",
+        "ScoreMLP",
+        1,
+        {"hidden": "hidden", "depth": "depth", **_EMBEDDING},
+        ("dim",),
+    ),
+    "unet": Network(
+        "scoresde.nn.unet",
+        "SmallUNet",
+        3,
+        {
+            "base_channels": "nf",
+            "channel_mults": "ch_mult",
+            "num_res_blocks": "num_res_blocks",
+            "attention": _ATTENTION_FLAG,
+            "dropout": "dropout",
+            **_EMBEDDING,
+        },
+        ("in_channels",),
+    ),
+    "ncsnpp": Network(
+        "scoresde.nn.ncsnpp",
+        "NCSNpp",
+        3,
+        {
+            **_UNET,
+            **_EMBEDDING,
+            **{
+                name: name
+                for name in (
+                    "resblock_type",
+                    "fir",
+                    "fir_kernel",
+                    "skip_rescale",
+                    "progressive",
+                    "progressive_input",
+                    "progressive_combine",
+                    "init_scale",
+                )
+            },
+        },
+        _IMAGE_CONTEXT,
+    ),
+    "ddpm": Network(
+        "scoresde.nn.ddpm", "DDPM", 3, {**_UNET, "scale_by_sigma": "scale_by_sigma"}, _IMAGE_CONTEXT
+    ),
+    "ncsn": Network(
+        "scoresde.nn.ncsn",
+        "NCSN",
+        3,
+        {"nf": "nf", "nonlinearity": "nonlinearity"},
+        ("image_size", "num_channels", "centered", "num_scales"),
+    ),
+    "ncsnv2": Network(
+        "scoresde.nn.ncsn",
+        "NCSNv2",
+        3,
+        {"nf": "nf", "nonlinearity": "nonlinearity", "variant": _zero_is_none("ncsnv2_variant")},
+        _IMAGE_CONTEXT,
+    ),
+}
+"""Each architecture (``ModelConfig.name``) and how a config fills its constructor."""
 
 
-def _ncsn(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
-    from scoresde.nn.ncsn import NCSN
-
-    common = _image_net_common(cfg, shape)
-    for unused in ("sigma_min", "sigma_max"):
-        common.pop(unused)
-    return NCSN(**common)
+def network_definition(name: str) -> Network:
+    """``MODELS[name]``; ``ConfigError`` (a ``ValueError``) listing the choices otherwise."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose from {list(MODELS)}")
+    return MODELS[name]
 
 
-def _ncsnv2(cfg: Config, shape: tuple[int, ...]) -> nn.Module:
-    from scoresde.nn.ncsn import NCSNv2
-
-    return NCSNv2(**_image_net_common(cfg, shape), variant=cfg.model.ncsnv2_variant or None)
-
-
-MODELS: dict[str, Callable[[Config, tuple[int, ...]], nn.Module]] = {
-    "unet": _small_unet,
-    "ncsnpp": _ncsnpp,
-    "ddpm": _ddpm,
-    "ncsn": _ncsn,
-    "ncsnv2": _ncsnv2,
+# The network conventions of each SDE kind (appendix H): VE networks output the score and are
+# conditioned on sigma (continuous) or the NCSN noise index (discrete); VP and sub-VP networks
+# predict the noise and are conditioned on 999 t (continuous) or the DDPM step index (discrete).
+SCORE_CONVENTIONS: dict[str, dict[str, str]] = {
+    "ve": {"parametrization": "score", "labels": "sigma"},
+    "vp": {"parametrization": "eps", "labels": "time"},
+    "subvp": {"parametrization": "eps", "labels": "time"},
 }
 
 
-def build_score_fn(model: nn.Module, sde: SDE, cfg: ModelConfig, **kwargs: Any) -> ScoreFn:
-    """``make_score_fn`` with the model's time convention (continuous or discrete)."""
+def build_score_fn(
+    model: nn.Module, sde: SDE, cfg: Config | ModelConfig, **kwargs: Any
+) -> ScoreModel:
+    """The :class:`~scoresde.ScoreModel` of ``model`` with the config's conventions.
+
+    With the full :class:`Config`, everything is explicit: time from ``cfg.model.continuous``,
+    the output parametrization and the labels from ``cfg.sde.kind`` (``SCORE_CONVENTIONS``).
+    A bare :class:`ModelConfig` (older callers) gives the time convention only, and the rest is
+    derived from ``sde`` (see :class:`~scoresde.ScoreModel`). ``kwargs`` (``model_kwargs``,
+    ``compute_dtype``, or an explicit ``parametrization`` / ``labels``) go to
+    :func:`~scoresde.make_score_fn` and take precedence.
+    """
+    if isinstance(cfg, Config):
+        if cfg.sde.kind not in SCORE_CONVENTIONS:
+            raise ValueError(
+                f"unknown sde {cfg.sde.kind!r}; choose from {sorted(SCORE_CONVENTIONS)}"
+            )
+        kwargs = {**SCORE_CONVENTIONS[cfg.sde.kind], **kwargs}
+        cfg = cfg.model
     return make_score_fn(model, sde, continuous=cfg.continuous, **kwargs)
 
 
@@ -193,23 +296,30 @@ def build_loss(cfg: Config, sde: SDE) -> LossFn:
     raise ValueError("discrete-time training (model.continuous=false) needs sde.kind ve or vp")
 
 
-def pc_options(cfg: SampleConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`scoresde.pc_sample` from the sampling config (names checked)."""
-    for kind, name, table in (
-        ("predictor", cfg.predictor, PREDICTORS),
-        ("corrector", cfg.corrector, CORRECTORS),
-    ):
-        if name not in table:
-            raise ValueError(f"unknown {kind} {name!r}; choose from {sorted(table)}")
-    return dict(
-        predictor=PREDICTORS[cfg.predictor],
-        corrector=CORRECTORS[cfg.corrector],
-        snr=cfg.snr,
-        n_steps=cfg.n_steps,
-        num_steps=cfg.num_steps,
-        eps=cfg.eps,
-        denoise=cfg.denoise,
-    )
+def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(method, options)`` for :func:`scoresde.sample` from the sampling config, checked.
+
+    ``method`` overrides ``cfg.method``. The PC sampler takes the predictor, corrector,
+    ``snr``, ``n_steps``, ``num_steps``, ``eps`` and ``denoise``; the ODE sampler the
+    tolerances ``ode_rtol``/``ode_atol``, ``eps`` and ``denoise``.
+    """
+    method = method or cfg.method
+    fields = {
+        "pc": dict(
+            predictor=cfg.predictor,
+            corrector=cfg.corrector,
+            snr=cfg.snr,
+            n_steps=cfg.n_steps,
+            num_steps=cfg.num_steps,
+            eps=cfg.eps,
+            denoise=cfg.denoise,
+        ),
+        "ode": dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, eps=cfg.eps, denoise=cfg.denoise),
+    }
+    check_sampler(method)
+    options = fields.get(method, {})
+    check_sampler(method, options)
+    return method, options
 
 
 def resolve_device(name: str) -> torch.device:

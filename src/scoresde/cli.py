@@ -108,8 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     s = add("sample", "Draw samples from a trained checkpoint.")
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True, help="folder for samples.npy/png")
-    s.add_argument("--method", choices=["pc", "ode"], default="pc")
+    s.add_argument(
+        "--method", help="a sampler of scoresde.SAMPLERS: pc, ode (default: sample.method)"
+    )
     s.add_argument("--num-samples", type=int, default=64)
+    s.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per batch (default: sample.batch_size); samples do not depend on it",
+    )
     runtime(s, "sample.num_steps=500")
     overwrite(s, "samples")
 
@@ -152,15 +159,32 @@ def _overrides(run_cfg, items: list[str], section: str) -> dict:
     }
 
 
-def _threads(a) -> bool:
-    """Apply ``--threads N``; returns whether the command should tune the count itself (N = 0)."""
-    if a.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {a.threads}")
-    if a.threads:
-        import torch
+def _set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: bool) -> None:
+    """Decide the CPU thread count once for the whole command: ``--threads N``, or for N = 0
+    the faster of 1 and all threads on one call of the command's main workload
+    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it)."""
+    import torch
 
+    from scoresde.threads import tune_for_score_fn
+
+    if a.threads:
         torch.set_num_threads(a.threads)
-    return a.threads == 0
+    elif device.type == "cpu":
+        tune_for_score_fn(make_score_fn(), shape, batch_size, device, backward=backward)
+
+
+def _set_threads_for_training(a, cfg) -> None:
+    """``--threads`` for a command that trains: timed on a forward and backward pass of a
+    throw-away copy of the config's network at its training batch size."""
+    from scoresde.build import build_model, build_score_fn, build_sde, resolve_device
+    from scoresde.data.pipeline import data_shape
+
+    def make_score_fn():
+        return build_score_fn(build_model(cfg), build_sde(cfg.sde), cfg)
+
+    device = resolve_device(cfg.device)
+    shape, batch = data_shape(cfg.data), cfg.train.batch_size
+    _set_threads(a, device, make_score_fn, shape, batch, backward=True)
 
 
 def _run_overrides(a) -> list[str]:
@@ -193,10 +217,10 @@ def _report_training(command: str, result) -> None:
 
 def _cmd_demo(a) -> int:
     from scoresde.demo import demo_config, run_demo
+    from scoresde.rundir import check_output_dir
 
     if a.steps is not None:
         _check_count("--steps", a.steps, 1)
-    tune = _threads(a)
     cfg = demo_config(
         a.sde,
         steps=a.steps,
@@ -205,9 +229,9 @@ def _cmd_demo(a) -> int:
         device=a.device or "auto",
         overrides=a.overrides,
     )
-    report = run_demo(
-        cfg, a.out, progress=not a.no_progress, tune_threads=tune, overwrite=a.overwrite
-    )
+    check_output_dir(a.out, ["report.json"], overwrite=a.overwrite, what="a finished demo")
+    _set_threads_for_training(a, cfg)
+    report = run_demo(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     print(json.dumps(report, indent=2))
     if report["train_stopped_by"] == "time cap":
         print(
@@ -222,7 +246,7 @@ def _cmd_demo(a) -> int:
 def _cmd_train(a) -> int:
     from scoresde.config import apply_overrides, load_config
     from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.training.loop import check_resume, train
 
     if a.preset and a.config:
         raise ValueError("give --preset or --config, not both")
@@ -233,10 +257,11 @@ def _cmd_train(a) -> int:
         )
     if a.steps is not None:
         _check_count("--steps", a.steps, 0)
-    tune = _threads(a)
     cfg = get_preset(a.preset) if a.preset else load_config(a.config)
     cfg = apply_overrides(cfg, _run_overrides(a))
-    result = train(cfg, a.out, progress=not a.no_progress, tune_threads=tune, overwrite=a.overwrite)
+    check_resume(a.out, cfg, overwrite=a.overwrite)
+    _set_threads_for_training(a, cfg)
+    result = train(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     _report_training("train", result)
     summary = {
         "checkpoint": str(result.checkpoint),
@@ -255,20 +280,28 @@ def _cmd_sample(a) -> int:
 
     from scoresde.rundir import atomic_write, check_output_dir
     from scoresde.runs import generate, load_trained
+    from scoresde.sampling import check_sampler
     from scoresde.viz import save_image_grid, save_scatter
 
     _check_count("--num-samples", a.num_samples, 1)
-    tune = _threads(a)
+    if a.batch_size is not None:
+        _check_count("--batch-size", a.batch_size, 1)
+    if a.method is not None:
+        check_sampler(a.method)
     check_output_dir(a.out, ["samples.npy", "samples.png"], overwrite=a.overwrite, what="samples")
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
+    method = a.method or opts.pop("method", None)
+    batch_size = a.batch_size or opts.pop("batch_size", run.cfg.sample.batch_size)
+    tune_batch = min(batch_size, a.num_samples)
+    _set_threads(a, run.device, lambda: run.score_fn, run.shape, tune_batch, backward=False)
     samples, info = generate(
         run,
         a.num_samples,
-        method=a.method,
+        method=method,
         seed=run.cfg.seed if a.seed is None else a.seed,
+        batch_size=batch_size,
         progress=not a.no_progress,
-        tune_threads=tune,
         **opts,
     )
     a.out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +311,7 @@ def _cmd_sample(a) -> int:
     if samples.ndim == 4:
         save_image_grid(samples, a.out / "samples.png", nrow=8)
     else:
-        save_scatter(samples, a.out / "samples.png", title=f"{a.method} samples")
+        save_scatter(samples, a.out / "samples.png", title=f"{info['method']} samples")
     summary = {"out": str(a.out), "num_samples": a.num_samples, "checkpoint_step": run.step}
     print(json.dumps({**summary, **info}))
     return 0
@@ -289,18 +322,18 @@ def _cmd_likelihood(a) -> int:
     from scoresde.runs import evaluate_likelihood, load_trained
 
     _check_count("--num-examples", a.num_examples, 0)
-    tune = _threads(a)
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "eval")
     if a.num_examples:
         opts["num_examples"] = a.num_examples
     data = load_split(run.cfg.data, a.split)
+    batch = min(opts.get("batch_size", run.cfg.eval.batch_size), data.shape[0])
+    _set_threads(a, run.device, lambda: run.score_fn, run.shape, batch, backward=True)
     result = evaluate_likelihood(
         run,
         data,
         seed=run.cfg.seed if a.seed is None else a.seed,
         progress=not a.no_progress,
-        tune_threads=tune,
         **opts,
     )
     result.pop("per_example")
@@ -319,7 +352,7 @@ def _cmd_presets(a) -> int:
 
 
 def _cmd_convert(a) -> int:
-    from scoresde.convert import UNTRAINED_STEPS, convert_official
+    from scoresde.interop.convert import UNTRAINED_STEPS, convert_official
 
     if a.preset and a.official_config:
         raise ValueError("give --preset or --official-config, not both")
@@ -355,10 +388,12 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scoresde`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    from scoresde.training.checkpoint import CheckpointError
+    from scoresde.checkpoint import CheckpointError
     from scoresde.training.loop import TrainingInterruptedError
 
     try:
+        if getattr(args, "threads", 0) < 0:
+            raise ValueError(f"--threads must be >= 0, got {args.threads}")
         return COMMANDS[args.command](args)
     except TrainingInterruptedError as e:
         print(f"scoresde {args.command}: {e}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Typed run configuration: frozen dataclasses, ``key=value`` overrides, JSON round trips.
 
 A run's resolved config is saved as ``config.json`` next to its checkpoint; presets live in
-:mod:`scoresde.presets`. This module imports no torch.
+:mod:`scoresde.presets`. This module imports no torch (only :func:`model_config_from_network`
+does, when called, to read the networks' constructors).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class ModelConfig:
     ``ch_mult``, ``num_res_blocks``, ``dropout`` and puts attention at its lowest resolution
     when ``attn_resolutions`` is not empty; the MLP reads ``hidden`` and ``depth``; NCSN++ reads
     all the rest (see :class:`scoresde.nn.ncsnpp.NCSNpp`). ``ncsnv2_variant`` 0 picks the NCSNv2
-    depth from the image size. ``num_classes`` > 0 adds a class-label embedding.
+    depth from the image size. ``num_classes`` > 0 adds a class-label embedding. Which field
+    fills which constructor argument of each network: ``scoresde.build.MODELS``.
     """
 
     name: str = "unet"
@@ -106,17 +108,22 @@ class ModelConfig:
 def model_config_from_network(
     name: str, kwargs: dict[str, Any], *, continuous: bool, **changes: Any
 ) -> ModelConfig:
-    """A :class:`ModelConfig` from a network's keyword arguments (e.g. an ``nn`` preset).
+    """A :class:`ModelConfig` from the keyword arguments of network ``name``'s class (a network
+    preset of :mod:`scoresde.presets`, or an official config's network).
 
-    Keys that are not model fields (image size, channels, noise scales, ``centered``) belong to
-    the data and SDE configs and are dropped; NCSNv2's ``variant`` becomes ``ncsnv2_variant``.
-    ``changes`` override individual kwargs first.
+    Every key must be a parameter of that class's constructor (``scoresde.build.MODELS[name]``,
+    checked with ``inspect.signature``). Those held by model fields become the fields (NCSNv2's
+    ``variant`` is ``ncsnv2_variant``, ``num_classes=None`` is 0); those that belong to the data
+    and SDE configs (image size, channels, ``centered``, the noise scales and their number) are
+    dropped. ``changes`` override individual kwargs first.
+
+    Raises:
+        ConfigError: an unknown model, or a key the network does not take (unknown, misspelt, or
+            another network's option), named in a one-line message.
     """
-    kwargs = {**kwargs, **changes}
-    names = {f.name for f in fields(ModelConfig)}
-    values = {k: v for k, v in kwargs.items() if k in names}
-    if "variant" in kwargs:
-        values["ncsnv2_variant"] = kwargs["variant"]
+    from scoresde.build import network_definition  # imports torch, so only when called
+
+    values = network_definition(name).model_fields(name, {**kwargs, **changes})
     return ModelConfig(name=name, continuous=continuous, **values)
 
 
@@ -125,7 +132,8 @@ class TrainConfig:
     """Optimisation: Adam with linear warmup, gradient clipping and an EMA of the weights.
 
     Training stops after ``steps`` steps or ``minutes`` of wall time (0: no time limit);
-    ``grad_clip`` < 0 disables clipping, ``warmup`` 0 disables warmup.
+    ``grad_clip`` < 0 disables clipping, ``warmup`` 0 disables warmup. ``sample_every`` > 0
+    writes a grid of EMA samples to ``<run>/samples/`` every so many steps.
     """
 
     steps: int = 4000
@@ -143,6 +151,7 @@ class TrainConfig:
     eps: float = 1e-5
     log_every: int = 50
     checkpoint_every: int = 1000
+    sample_every: int = 0
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -154,13 +163,22 @@ class TrainConfig:
             self.reduce in ("mean", "sum"), f"train.reduce must be mean or sum, got {self.reduce!r}"
         )
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _check(self.sample_every >= 0, "train.sample_every must be >= 0")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampling: the PC sampler (Algorithm 1) and the probability-flow ODE."""
+    """Sampling: ``method`` names the sampler (``"pc"``: Algorithm 1, ``"ode"``: the
+    probability flow; :data:`scoresde.SAMPLERS`), the other fields are its options.
 
+    ``batch_size`` only splits the work: each sample's noise comes from its own stream
+    ``(seed, index)``, so samples do not depend on it.
+    """
+
+    method: str = "pc"
     num_samples: int = 64
+    batch_size: int = 256
     predictor: str = "reverse_diffusion"
     corrector: str = "langevin"
     snr: float = 0.16
@@ -173,6 +191,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
+        _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_steps >= 1, f"sample.num_steps must be >= 1, got {self.num_steps}")
         _check(self.n_steps >= 0, f"sample.n_steps must be >= 0, got {self.n_steps}")
         _check(self.snr >= 0, f"sample.snr must be >= 0, got {self.snr}")

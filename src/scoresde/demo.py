@@ -67,44 +67,37 @@ def run_demo(
     out: str | Path = "runs/demo",
     *,
     progress: bool = True,
-    tune_threads: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train on digits, sample (PC and ODE), evaluate test bits/dim, inpaint; write to ``out``.
 
     Writes ``samples_pc.png``, ``samples_ode.png``, ``inpainting.png``, ``loss.png``,
     ``samples_pc.npy``, ``samples_ode.npy`` (``(64, 8, 8)`` in ``[0, 1]``), the checkpoint,
-    ``config.json`` and ``report.json``; returns the report. ``tune_threads`` picks the CPU
-    thread count before each phase (:mod:`scoresde.threads`).
+    ``config.json`` and ``report.json``; returns the report.
 
     A folder that holds a finished demo (``report.json``) is refused unless ``overwrite``; an
     interrupted demo with the same config is resumed (:func:`scoresde.training.loop.train`).
     """
-    tune = tune_threads
     out = check_output_dir(out, ["report.json"], overwrite=overwrite, what="a finished demo")
     start = time.perf_counter()
-    result = train(cfg, out, progress=progress, tune_threads=tune, overwrite=overwrite)
+    result = train(cfg, out, progress=progress, overwrite=overwrite)
     run = load_trained(result.checkpoint, device=cfg.device)
 
     # Unconditional samples: PC sampler and probability-flow ODE from the same noise seed.
-    pc, pc_info = generate(
-        run, 64, method="pc", seed=cfg.seed, progress=progress, tune_threads=tune
-    )
-    ode, ode_info = generate(run, 64, method="ode", seed=cfg.seed, tune_threads=tune)
+    pc, pc_info = generate(run, 64, method="pc", seed=cfg.seed, progress=progress)
+    ode, ode_info = generate(run, 64, method="ode", seed=cfg.seed)
     for name, images in (("pc", pc), ("ode", ode)):
         np.save(out / f"samples_{name}.npy", images[:, 0].numpy())
         save_image_grid(images, out / f"samples_{name}.png", nrow=8)
 
     # Test-split negative log-likelihood in bits/dim.
     test = load_split(cfg.data, "test")
-    nll = evaluate_likelihood(run, test, seed=cfg.seed, progress=progress, tune_threads=tune)
+    nll = evaluate_likelihood(run, test, seed=cfg.seed, progress=progress)
 
     # Inpaint the lower half of 8 test digits.
     originals = test[:8]
     mask = lower_half_mask(run.shape)
-    filled = inpaint_images(
-        run, originals, mask, seed=cfg.seed, progress=progress, tune_threads=tune
-    )
+    filled = inpaint_images(run, originals, mask, seed=cfg.seed, progress=progress)
     grid = torch.cat([originals, originals * mask, filled])
     save_image_grid(grid, out / "inpainting.png", nrow=8)
 

@@ -1,9 +1,10 @@
 """Controllable generation with one unconditional model (Song et al., 2021, section 5, app. I).
 
-Inpainting and colorization run the ordinary PC sampler with a projection after every step:
-known coordinates are replaced by the data perturbed to the current time, ``m(t) y + s(t) z``
-(the official ``get_inpaint_update_fn``). Colorization does the same in an orthonormal colour
-basis where the grey channel is one coordinate.
+Inpainting and colorization run an ordinary sampler (PC by default; any entry of
+:data:`scoresde.SAMPLERS` that steps on a time grid) with a projection after every step: known
+coordinates are replaced by the data perturbed to the current time, ``m(t) y + s(t) z`` (the
+official ``get_inpaint_update_fn``). Colorization does the same in an orthonormal colour basis
+where the grey channel is one coordinate.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from scoresde._tensor import append_dims, randn_like
-from scoresde.sampling.pc import pc_sample
+from scoresde.sampling.api import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 
@@ -47,17 +48,21 @@ def inpaint(
     data: Tensor,
     mask: Tensor,
     *,
+    method: str = "pc",
     generator: torch.Generator | None = None,
     x_T: Tensor | None = None,
-    **pc_kwargs,
+    **options,
 ) -> Tensor:
-    """Fill in the entries of ``data`` where ``mask == 0`` by conditional PC sampling.
+    """Fill in the entries of ``data`` where ``mask == 0`` by conditional sampling.
 
     Args:
         data: ``(B, ...)`` in the model's scale; only the known entries are used.
         mask: 1 where known, 0 where to inpaint; broadcastable to ``data``.
+        method: a sampler that can project (``"pc"``; the black-box ``"ode"`` refuses).
+        generator: a ``torch.Generator`` or :class:`scoresde.seeding.SampleStreams`.
         x_T: starting noise (default: a prior draw from ``generator``).
-        pc_kwargs: passed to :func:`scoresde.pc_sample` (predictor, corrector, snr, ...).
+        options: passed to :func:`scoresde.sample` (``progress``, ``callback`` and the
+            sampler's options: predictor, corrector, snr, num_steps, ...).
 
     Returns:
         ``(B, ...)`` completions that equal ``data`` where ``mask == 1``.
@@ -70,7 +75,10 @@ def inpaint(
     def project(x: Tensor, t: Tensor | None) -> Tensor:
         return project_known(sde, x, t, data, mask, generator=generator)
 
-    return pc_sample(sde, score_fn, x_T, generator=generator, project=project, **pc_kwargs)
+    x, _ = sample(
+        sde, score_fn, x_T, method=method, generator=generator, project=project, **options
+    )
+    return x
 
 
 # An orthonormal colour basis whose first axis is the grey level (R + G + B) / sqrt(3).
@@ -99,15 +107,17 @@ def colorize(
     score_fn: ScoreFn,
     gray: Tensor,
     *,
+    method: str = "pc",
     generator: torch.Generator | None = None,
-    **pc_kwargs,
+    **options,
 ) -> Tensor:
     """Colour grey images ``(B, 1, H, W)`` (or ``(B, 3, H, W)`` with equal channels).
 
     The grey level fixes the first decoupled coordinate ``sqrt(3) gray``; the two chroma
     coordinates are sampled. Works for SDEs whose perturbation is isotropic, which all of the
     paper's are, since an orthonormal change of basis keeps the noise isotropic.
-    Returns ``(B, 3, H, W)`` in the model's scale.
+    ``method`` and ``options`` are as for :func:`inpaint`. Returns ``(B, 3, H, W)`` in the
+    model's scale.
     """
     gray3 = gray.expand(-1, 3, -1, -1) if gray.shape[1] == 1 else gray
     data = decouple(gray3)
@@ -117,5 +127,5 @@ def colorize(
     def decoupled_score(y: Tensor, t: Tensor) -> Tensor:
         return decouple(score_fn(couple(y), t))
 
-    y = inpaint(sde, decoupled_score, data, mask, generator=generator, **pc_kwargs)
+    y = inpaint(sde, decoupled_score, data, mask, method=method, generator=generator, **options)
     return couple(y)

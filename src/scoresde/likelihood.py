@@ -17,6 +17,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from scoresde._tensor import batch_time, flat_sum
+from scoresde.data.transforms import uniform_dequantize
 from scoresde.sampling.ode import FIXED_STEP_METHODS, solver_options
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, probability_flow_drift
@@ -112,23 +113,6 @@ def log_likelihood(
     )
     z, delta = solution[0][-1], solution[1][-1]
     return sde.prior_logp(z) + delta, z, nfe
-
-
-def uniform_dequantize(
-    x: Tensor, *, levels: int = 256, generator: torch.Generator | None = None
-) -> Tensor:
-    """Uniform dequantization ``u = (k + U[0, 1)) / levels`` of data ``x = k / (levels - 1)``.
-
-    Args:
-        x: quantised data in ``[0, 1]`` with values ``k / (levels - 1)``, ``k in {0..levels-1}``
-            (8-bit images: ``levels=256``; scikit-learn's digits: ``levels=17``).
-
-    Returns:
-        Continuous data in ``[0, 1)``, shape of ``x``.
-    """
-    k = torch.round(x * (levels - 1))
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (k + noise) / levels
 
 
 def bits_per_dim(

@@ -25,11 +25,13 @@ RESUMABLE_KEYS = frozenset(
         "train.minutes",
         "train.log_every",
         "train.checkpoint_every",
+        "train.sample_every",
         "device",
     }
 )
 """Config keys that may differ between a run and the command that resumes it: how long it runs,
-how often it logs and checkpoints, and where it runs. Everything else must be equal."""
+how often it logs, checkpoints and draws sample grids, and where it runs. Everything else must
+be equal."""
 
 
 class OutputExistsError(ValueError):

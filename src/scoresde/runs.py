@@ -14,16 +14,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from scoresde.build import build_model, build_score_fn, build_sde, pc_options, resolve_device
+from scoresde.build import build_model, build_score_fn, build_sde, resolve_device, sampler_config
+from scoresde.checkpoint import CheckpointError, load_checkpoint
 from scoresde.config import Config, config_from_dict
 from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data, to_model_scale
 from scoresde.inverse import inpaint
 from scoresde.likelihood import dequantized_bpd, log_likelihood
-from scoresde.sampling import ode_sample, pc_sample
+from scoresde.sampling import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
-from scoresde.threads import tune_num_threads
-from scoresde.training.checkpoint import CheckpointError, load_checkpoint
+from scoresde.seeding import SampleStreams
 from scoresde.training.ema import ema_model_state_dict
 
 
@@ -40,7 +40,7 @@ class TrainedModel:
 
     @property
     def score_fn(self) -> ScoreFn:
-        return build_score_fn(self.model, self.sde, self.cfg.model)
+        return build_score_fn(self.model, self.sde, self.cfg)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,23 +48,6 @@ class TrainedModel:
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
-
-    def tune_threads(self, batch_size: int, *, with_grad: bool = False) -> int:
-        """Pick the CPU thread count for this network at ``batch_size`` (:mod:`scoresde.threads`);
-        ``with_grad`` times a forward plus an input gradient, as the likelihood needs."""
-        x = torch.zeros(batch_size, *self.shape, device=self.device)
-        t = torch.full((batch_size,), 0.5, device=self.device)
-        score_fn = self.score_fn
-
-        def call() -> None:
-            if not with_grad:
-                score_fn(x, t)
-                return
-            with torch.enable_grad():
-                xr = x.clone().requires_grad_(True)
-                torch.autograd.grad(score_fn(xr, t).sum(), xr)
-
-        return tune_num_threads(call, device=self.device)
 
 
 def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True) -> TrainedModel:
@@ -93,53 +76,54 @@ def generate(
     run: TrainedModel,
     num_samples: int,
     *,
-    method: str = "pc",
+    method: str | None = None,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
+    first_index: int = 0,
     progress: bool = False,
-    tune_threads: bool = False,
     **overrides: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Draw samples in data scale with the PC sampler or the probability-flow ODE.
+    """Draw samples ``first_index .. first_index + num_samples - 1`` of seed ``seed``, in data
+    scale, with the sampler ``method`` (default: ``run.cfg.sample.method``).
 
-    ``overrides`` replace fields of ``run.cfg.sample`` (e.g. ``num_steps=500``).
+    Every random draw of sample ``i`` comes from its own stream ``(seed, i)``
+    (:class:`scoresde.seeding.SampleStreams`), so a sample does not depend on the batch size
+    (default ``sample.batch_size``) or on which other samples are drawn with it, up to float
+    rounding (and, for the adaptive ODE solver, whose steps depend on the whole batch, up to
+    its tolerance). ``overrides`` replace fields of ``run.cfg.sample`` (e.g. ``num_steps=500``).
 
     Returns:
-        ``(samples (num_samples, *shape), info)`` with ``info["nfe"]`` (ODE: the largest per
-        batch) or ``info["pc_steps"]``.
+        ``(samples (num_samples, *shape), info)`` with ``info["method"]``, ``info["nfe"]``
+        (score evaluations per sample; for the ODE the largest over the batches) and, for PC,
+        ``info["pc_steps"]``.
     """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(
-            f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
-        )
-    if method not in ("pc", "ode"):
-        raise ValueError(f"unknown sampling method {method!r}; choose 'pc' or 'ode'")
     sc = replace(run.cfg.sample, **overrides)
-    gen = run.generator(seed)
-    if tune_threads:
-        run.tune_threads(min(batch_size, num_samples))
-    out, info = [], {"method": method}
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        x_T = run.sde.prior_sampling((n, *run.shape), gen, device=run.device)
-        if method == "pc":
-            x = pc_sample(
-                run.sde, run.score_fn, x_T, generator=gen, progress=progress, **pc_options(sc)
-            )
-            info["pc_steps"] = sc.num_steps
-        else:
-            x, nfe = ode_sample(
-                run.sde,
-                run.score_fn,
-                x_T,
-                rtol=sc.ode_rtol,
-                atol=sc.ode_atol,
-                eps=sc.eps,
-                denoise=sc.denoise,
-            )
-            info["nfe"] = max(nfe, info.get("nfe", 0))
-        out.append(from_model_scale(x, run.cfg.data))
-    return torch.cat(out).cpu(), info
+    method, options = sampler_config(sc, method)
+    batch_size = sc.batch_size if batch_size is None else batch_size
+    if num_samples < 1 or batch_size < 1 or first_index < 0:
+        raise ValueError(
+            f"need num_samples >= 1, batch_size >= 1 and first_index >= 0, got {num_samples}, "
+            f"{batch_size}, {first_index}"
+        )
+    out, info = [], {"method": method, "nfe": 0}
+    for start in range(first_index, first_index + num_samples, batch_size):
+        indices = range(start, min(start + batch_size, first_index + num_samples))
+        streams = SampleStreams(seed, indices, device=run.device)
+        x_T = run.sde.prior_sampling((len(indices), *run.shape), streams, device=run.device)
+        x, batch_info = sample(
+            run.sde,
+            run.score_fn,
+            x_T,
+            method=method,
+            generator=streams,
+            progress=progress,
+            **options,
+        )
+        info["nfe"] = max(info["nfe"], batch_info["nfe"])
+        if "num_steps" in batch_info:
+            info["pc_steps"] = batch_info["num_steps"]
+        out.append(from_model_scale(x, run.cfg.data).cpu())
+    return torch.cat(out), info
 
 
 def evaluate_likelihood(
@@ -148,7 +132,6 @@ def evaluate_likelihood(
     *,
     seed: int = 0,
     progress: bool = False,
-    tune_threads: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Negative log-likelihood of ``data`` (data scale) under the probability-flow ODE.
@@ -162,8 +145,6 @@ def evaluate_likelihood(
     ec = replace(run.cfg.eval, **overrides)
     if ec.num_examples:
         data = data[: ec.num_examples]
-    if tune_threads:
-        run.tune_threads(min(ec.batch_size, data.shape[0]), with_grad=True)
     gen = run.generator(seed)
     opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps)
     values, nfes = [], []
@@ -203,25 +184,29 @@ def inpaint_images(
     images: Tensor,
     mask: Tensor,
     *,
+    method: str = "pc",
     seed: int = 0,
     progress: bool = False,
-    tune_threads: bool = False,
     **overrides: Any,
 ) -> Tensor:
-    """Complete ``images`` (data scale) where ``mask == 0`` with the unconditional model."""
+    """Complete ``images`` (data scale) where ``mask == 0`` with the unconditional model.
+
+    ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
+    ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``.
+    """
     sc = replace(run.cfg.sample, **overrides)
-    gen = run.generator(seed)
-    if tune_threads:
-        run.tune_threads(images.shape[0])
+    method, options = sampler_config(sc, method)
+    streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
     y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
     out = inpaint(
         run.sde,
         run.score_fn,
         y,
         mask.to(run.device),
-        generator=gen,
+        method=method,
+        generator=streams,
         progress=progress,
-        **pc_options(sc),
+        **options,
     )
     return from_model_scale(out, run.cfg.data).cpu()
 

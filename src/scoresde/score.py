@@ -1,31 +1,250 @@
-"""The one place where a network's output becomes a score ``score_fn(x, t)``.
+"""The network-to-score boundary: :class:`ScoreModel`, the one object that turns a network into
+a score ``score_fn(x, t)``.
 
 Everything outside the networks (losses, samplers, likelihood, inverse problems) sees only a
-function ``score_fn(x, t) -> score`` with ``x`` ``(B, ...)`` and ``t`` ``(B,)``. The conventions
-are those of the official code (Song et al., 2021, appendix H):
+function ``score_fn(x, t) -> score`` with ``x`` ``(B, ...)`` and ``t`` ``(B,)``. A
+:class:`ScoreModel` is such a function, and it holds every convention of the network it wraps
+(those of the official code, Song et al., 2021, appendix H):
 
-- the network is called as ``model(x, labels, **model_kwargs)`` with ``labels =
-  sde.network_labels(t, continuous=...)``: ``sigma(t)`` for continuous VE models, the NCSN noise
-  index for discrete VE models, ``999 t`` for continuous VP/sub-VP models and the DDPM step index
-  ``(N - 1) t`` for discrete VP models;
-- ``parametrization="score"``: the output is the score (VE networks, with ``scale_by_sigma``
-  inside the network); ``"eps"``: the output predicts the noise, ``score = -eps / s(t)``, with
-  ``s(t)`` the marginal std (continuous) or DDPM's ``sqrt(1 - alpha_bar_i)`` (discrete).
+- time: a continuous-time model (trained with the DSM objective of eq. 7) or a discrete one
+  (trained with the SMLD or DDPM objective on the ``N`` steps of the SDE's discretisation);
+- the labels the network is called with, ``model(x, labels, **model_kwargs)``. Two families:
+
+  ===========  ==============================  ==========================================
+  ``labels``   continuous time                 discrete time
+  ===========  ==============================  ==========================================
+  ``"sigma"``  ``s(t)`` (``sigma(t)`` for VE)  NCSN noise index ``round((T - t)(N - 1))``
+  ``"time"``   ``999 t``                       DDPM step index ``(N - 1) t``
+  ===========  ==============================  ==========================================
+
+  (NCSN indexes its scales from the largest: index 0 at ``t = T``.) VE models (NCSN, NCSN++) use
+  ``"sigma"``, VP and sub-VP models (DDPM, DDPM++) ``"time"``;
+- the output parametrization: ``"score"``, the output is the score (VE networks, with
+  ``scale_by_sigma`` inside the network), or ``"eps"``, the output predicts the noise ``z`` of
+  ``x_t = m(t) x_0 + s(t) z`` and ``score = -eps / s(t)``. The std ``s(t)`` is the marginal std of
+  the SDE, except for a discrete-time ``"time"`` (DDPM) model, whose std is DDPM's
+  ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)`` (the official code floors; rounding keeps
+  ``t_i = i / (N - 1)`` on index ``i`` exactly);
+- optional conditioning (``model_kwargs``, e.g. class labels) passed to every network call;
+- mixed precision (``compute_dtype``).
+
+The SDE only provides neutral quantities: its marginal coefficients ``m(t), s(t)``, ``T``, ``N``
+and, for DDPM models, its table ``alphas_cumprod``. Where a convention is not given, it is derived
+from the SDE's mathematics: an SDE whose mean coefficient ``m(t)`` is identically one (variance
+exploding, VE) defaults to ``"score"`` and ``"sigma"``, every other SDE to ``"eps"`` and
+``"time"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from scoresde._tensor import append_dims
-from scoresde.sdes import SDE
+from scoresde._types import ScoreFn
+from scoresde.sdes import _lookup
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+if TYPE_CHECKING:
+    from scoresde.sdes import SDE
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "LABELS",
+    "PARAMETRIZATIONS",
+    "ScoreFn",
+    "ScoreModel",
+    "is_variance_exploding",
+    "is_variance_preserving",
+    "make_score_fn",
+    "tweedie_denoise",
+]
 
 PARAMETRIZATIONS = ("score", "eps")
+LABELS = ("sigma", "time")
+COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
+
+_PROBE_POINTS = 17
+
+
+def _probe_coeffs(sde: SDE) -> tuple[Tensor, Tensor]:
+    """``(m(t), s(t))`` on an even float64 grid of ``[0, T]``, to read off the SDE's kind."""
+    t = torch.linspace(0.0, float(sde.T), _PROBE_POINTS, dtype=torch.float64)
+    return sde.marginal_coeffs(t)
+
+
+def is_variance_exploding(sde: SDE) -> bool:
+    """Whether the SDE's mean coefficient ``m(t)`` is identically one (checked on a grid of
+    ``[0, T]``): the variance-exploding family, whose perturbed data are ``x_0 + s(t) z``."""
+    mean_coeff, _ = _probe_coeffs(sde)
+    return bool(torch.all(mean_coeff == 1))
+
+
+def is_variance_preserving(sde: SDE) -> bool:
+    """Whether ``m(t)^2 + s(t)^2 = 1`` on ``[0, T]`` (checked on a grid, float64): the SDEs that
+    are the continuous limit of a DDPM chain, so that DDPM's discrete table applies."""
+    mean_coeff, std = _probe_coeffs(sde)
+    total = mean_coeff**2 + std**2
+    return bool(torch.allclose(total, torch.ones_like(total), rtol=0, atol=1e-9))
+
+
+class ScoreModel(nn.Module):
+    """A network together with its conventions: a score function ``score_fn(x, t)``.
+
+    Calling it (``forward``) gives the score; :meth:`score`, :meth:`eps` and :meth:`denoise` are
+    the three views of the same network output (module docstring for the conventions). The
+    wrapped network is the submodule ``net``: the state dict is the network's with keys prefixed
+    ``"net."``, and ``.to(device)`` / ``.eval()`` / ``.parameters()`` act on it. (Tensors in
+    ``model_kwargs`` are not moved by ``.to``.)
+
+    Args:
+        net: called as ``net(x, labels, **kwargs)`` with ``x`` ``(B, ...)`` and ``labels``
+            ``(B,)``, returning a tensor shaped like ``x``; an ``nn.Module`` or any callable.
+        sde: the SDE the network was trained with.
+        continuous: whether the network was trained in continuous time.
+        parametrization: ``"score"`` or ``"eps"``; ``None``: ``"score"`` if the SDE is variance
+            exploding (:func:`is_variance_exploding`), else ``"eps"``.
+        labels: ``"sigma"`` or ``"time"``; ``None``: ``"sigma"`` if the SDE is variance
+            exploding, else ``"time"``. Discrete-time ``"time"`` (DDPM) models need a variance
+            preserving SDE with an ``alphas_cumprod`` table (so not sub-VP).
+        model_kwargs: keyword arguments for every network call, e.g. ``{"class_labels": y}``;
+            a call's own keyword arguments are added to (and override) them.
+        compute_dtype: ``None`` (default): the network runs as it is, in its own dtype, and its
+            output is returned or converted unchanged in dtype. ``torch.bfloat16`` or
+            ``torch.float16``: the network runs under ``torch.autocast`` for ``x``'s device type
+            in that dtype, and its output is cast to ``x``'s dtype, at least float32, before the
+            conversion (division by the std, Tweedie), which is done outside autocast.
+
+    Raises:
+        ValueError: an unknown parametrization, labels or compute dtype, or discrete DDPM labels
+            on an SDE that has no DDPM discretisation (e.g. sub-VP).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Callable[..., Tensor],
+        sde: SDE,
+        *,
+        continuous: bool = True,
+        parametrization: str | None = None,
+        labels: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if parametrization is None or labels is None:
+            ve = is_variance_exploding(sde)
+            parametrization = parametrization or ("score" if ve else "eps")
+            labels = labels or ("sigma" if ve else "time")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"unknown parametrization {parametrization!r}; choose from {PARAMETRIZATIONS}"
+            )
+        if labels not in LABELS:
+            raise ValueError(f"unknown labels {labels!r}; choose from {LABELS}")
+        if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"unsupported compute_dtype {compute_dtype}; choose None or one of {COMPUTE_DTYPES}"
+            )
+        self._ddpm_std: Tensor | None = None
+        if not continuous and labels == "time":
+            table = getattr(sde, "alphas_cumprod", None)
+            if table is None or not is_variance_preserving(sde):
+                raise ValueError(
+                    "discrete-time DDPM labels need a variance-preserving SDE (m^2 + s^2 = 1) "
+                    "with a DDPM table alphas_cumprod; the sub-VP SDE has no discrete-time "
+                    "model; use continuous=True"
+                )
+            self._ddpm_std = torch.sqrt(1.0 - table)  # (N,), the table's dtype (float32)
+        self.net = net
+        self.sde = sde
+        self.continuous = bool(continuous)
+        self.parametrization = parametrization
+        self.labels = labels
+        self.model_kwargs = dict(model_kwargs or {})
+        self.compute_dtype = compute_dtype
+
+    def extra_repr(self) -> str:
+        return (
+            f"sde={self.sde!r}, continuous={self.continuous}, "
+            f"parametrization={self.parametrization!r}, labels={self.labels!r}, "
+            f"compute_dtype={self.compute_dtype}"
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # The neutral quantities: labels and std
+    # ---------------------------------------------------------------------------------------
+
+    def network_labels(self, t: Tensor) -> Tensor:
+        """What the network is conditioned on at times ``t`` ``(B,)``: ``(B,)``.
+
+        ``"sigma"``: ``s(t)`` (continuous) or the NCSN index ``round((T - t)(N - 1))`` as long
+        (discrete); ``"time"``: ``999 t`` (continuous) or the DDPM index ``(N - 1) t``
+        (discrete, in ``t``'s dtype).
+        """
+        sde = self.sde
+        if self.labels == "sigma":
+            if self.continuous:
+                return sde.marginal_coeffs(t)[1]
+            return torch.round((sde.T - t) * (sde.N - 1)).long()
+        if self.continuous:
+            return t * 999
+        return t * (sde.N - 1)
+
+    def std(self, t: Tensor) -> Tensor:
+        """The std ``s(t)`` ``(B,)`` of the parametrization: ``score = -eps / s(t)``.
+
+        The marginal std of the SDE, except for discrete-time DDPM models: DDPM's
+        ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)``, read from the SDE's float32 table.
+        """
+        if self._ddpm_std is None:
+            return self.sde.marginal_coeffs(t)[1]
+        idx = torch.round(t * (self.sde.N - 1)).long()
+        return _lookup(self._ddpm_std, idx, t)
+
+    # ---------------------------------------------------------------------------------------
+    # The network call and its three views
+    # ---------------------------------------------------------------------------------------
+
+    def network_output(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """The raw network output ``(B, ...)`` at ``x`` ``(B, ...)``, ``t`` ``(B,)``.
+
+        ``cond`` is added to ``model_kwargs``. With a ``compute_dtype`` the network runs under
+        autocast and the output is cast back to ``x``'s dtype (at least float32).
+        """
+        kwargs = {**self.model_kwargs, **cond} if cond else self.model_kwargs
+        labels = self.network_labels(t)
+        if self.compute_dtype is None:
+            return self.net(x, labels, **kwargs)
+        with torch.autocast(device_type=x.device.type, dtype=self.compute_dtype):
+            out = self.net(x, labels, **kwargs)
+        return out.to(torch.promote_types(x.dtype, torch.float32))
+
+    def score(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """The score ``grad_x log p_t(x)`` ``(B, ...)`` at ``x`` ``(B, ...)``, ``t`` ``(B,)``."""
+        out = self.network_output(x, t, **cond)
+        if self.parametrization == "score":
+            return out
+        return -out / append_dims(self.std(t), out.ndim)
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """``score_fn(x, t)``: the score, as :meth:`score`."""
+        return self.score(x, t, **cond)
+
+    def eps(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """The noise prediction ``eps = -s(t) score`` ``(B, ...)`` (``s`` as :meth:`std`)."""
+        out = self.network_output(x, t, **cond)
+        if self.parametrization == "eps":
+            return out
+        return -append_dims(self.std(t), out.ndim) * out
+
+    def denoise(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """The posterior mean ``E[x_0 | x_t = x]`` ``(B, ...)`` by Tweedie's formula (appendix G):
+        ``(x + s(t)^2 score(x, t)) / m(t)`` with the SDE's marginal coefficients; the same as
+        ``tweedie_denoise(sde, self, x, t)``."""
+        return tweedie_denoise(self.sde, lambda x_, t_: self.score(x_, t_, **cond), x, t)
 
 
 def make_score_fn(
@@ -35,33 +254,33 @@ def make_score_fn(
     continuous: bool = True,
     parametrization: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
-) -> ScoreFn:
-    """Wrap ``model`` as ``score_fn(x, t)`` for ``sde``.
+    labels: str | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> ScoreModel:
+    """Wrap ``model`` as a score function ``score_fn(x, t)`` for ``sde``: a :class:`ScoreModel`.
 
     Args:
         model: called as ``model(x, labels, **model_kwargs)`` and returning a tensor like ``x``.
-        sde: the SDE the model was trained with; gives the labels and the marginal std.
+        sde: the SDE the model was trained with; gives the labels and the std.
         continuous: whether the model was trained in continuous time.
-        parametrization: ``"score"`` or ``"eps"``; ``None`` takes ``sde.default_parametrization``
-            (``"score"`` for VE, ``"eps"`` for VP and sub-VP).
+        parametrization: ``"score"`` or ``"eps"``; ``None``: ``"score"`` when the SDE's mean
+            coefficient is identically one (VE), ``"eps"`` otherwise (VP and sub-VP).
         model_kwargs: extra keyword arguments for every call, e.g. ``{"class_labels": y}``.
+        labels: ``"sigma"`` or ``"time"``; ``None``: ``"sigma"`` for VE, ``"time"`` otherwise.
+        compute_dtype: mixed precision for the network, see :class:`ScoreModel`.
 
     Returns:
         ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
     """
-    param = parametrization or sde.default_parametrization
-    if param not in PARAMETRIZATIONS:
-        raise ValueError(f"unknown parametrization {param!r}; choose from {PARAMETRIZATIONS}")
-    kwargs = dict(model_kwargs or {})
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        out = model(x, sde.network_labels(t, continuous=continuous), **kwargs)
-        if param == "score":
-            return out
-        std = sde.marginal_coeffs(t)[1] if continuous else sde.discrete_std(t)
-        return -out / append_dims(std, x.ndim)
-
-    return score_fn
+    return ScoreModel(
+        model,
+        sde,
+        continuous=continuous,
+        parametrization=parametrization,
+        labels=labels,
+        model_kwargs=model_kwargs,
+        compute_dtype=compute_dtype,
+    )
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:

@@ -13,16 +13,14 @@ Shapes: data ``x`` is ``(B, ...)`` (vectors ``(B, D)`` and images ``(B, C, H, W)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, flat_sum
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from scoresde._tensor import append_dims, flat_sum, randn
+from scoresde._types import ScoreFn
 
 
 def _index(t: Tensor, N: int, T: float) -> Tensor:
@@ -37,14 +35,15 @@ def _lookup(table: Tensor, idx: Tensor, like: Tensor) -> Tensor:
 class SDE:
     """Shared behaviour of the paper's SDEs; subclasses give the closed forms.
 
-    Subclasses define ``T``, ``N``, ``sde``, ``marginal_coeffs``, ``prior_std``, ``discretize``,
-    ``network_labels``, ``langevin_alpha`` and ``default_parametrization``.
+    Subclasses define ``T``, ``N``, ``sde``, ``marginal_coeffs``, ``prior_std``, ``discretize``
+    and ``langevin_alpha``: the SDE's own mathematics only. How a network is conditioned on time
+    and what it outputs are the network's conventions, held by :class:`scoresde.ScoreModel`
+    (which reads ``m(t)``, ``s(t)``, ``T``, ``N`` and, for DDPM models, ``alphas_cumprod``).
     """
 
     T: float = 1.0
     N: int
     prior_std: float = 1.0
-    default_parametrization: str = "score"
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(m(t), s(t))`` of the perturbation kernel ``N(m(t) x_0, s(t)^2 I)``, each ``(B,)``."""
@@ -61,7 +60,7 @@ class SDE:
 
     def prior_sampling(self, shape, generator: torch.Generator | None = None, **kwargs) -> Tensor:
         """Draw ``x_T ~ N(0, prior_std^2 I)`` of ``shape`` (``kwargs``: ``device``, ``dtype``)."""
-        return torch.randn(*shape, generator=generator, **kwargs) * self.prior_std
+        return randn(tuple(shape), generator, **kwargs) * self.prior_std
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """Log-density ``(B,)`` of ``z`` under the prior ``N(0, prior_std^2 I)``."""
@@ -82,7 +81,6 @@ class VESDE(SDE):
     sigma_max: float = 50.0
     N: int = 1000
     T: float = 1.0
-    default_parametrization = "score"
 
     @property
     def prior_std(self) -> float:  # type: ignore[override]
@@ -121,15 +119,6 @@ class VESDE(SDE):
             sigma, prev = self.sigma(t), self.sigma(t_next)
         return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
 
-    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
-        """What a VE network is conditioned on: ``sigma(t)``, or the NCSN noise index (discrete).
-
-        Discrete NCSN models index their scales from the largest (index 0 at ``t = T``).
-        """
-        if continuous:
-            return self.sigma(t)
-        return torch.round((self.T - t) * (self.N - 1)).long()
-
     def langevin_alpha(self, t: Tensor) -> Tensor:
         """The ``alpha_i`` of the Langevin step size (Algorithm 4): one for VE."""
         return torch.ones_like(t)
@@ -143,7 +132,6 @@ class _BetaSchedule(SDE):
     beta_max: float = 20.0
     N: int = 1000
     T: float = 1.0
-    default_parametrization = "eps"
 
     @cached_property
     def discrete_betas(self) -> Tensor:
@@ -156,6 +144,7 @@ class _BetaSchedule(SDE):
 
     @cached_property
     def alphas_cumprod(self) -> Tensor:
+        """DDPM's ``alpha_bar_i = prod_{j <= i} (1 - beta_j)``, ``(N,)`` float32."""
         return torch.cumprod(self.alphas, dim=0)
 
     def beta(self, t: Tensor) -> Tensor:
@@ -169,12 +158,6 @@ class _BetaSchedule(SDE):
         """DDPM's ``alpha_i = 1 - beta_i`` at ``t``'s discretisation index (Algorithm 5)."""
         return _lookup(self.alphas, _index(t, self.N, self.T), t)
 
-    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
-        """What a VP network is conditioned on: ``999 t`` (continuous) or the DDPM index."""
-        if continuous:
-            return t * 999
-        return t * (self.N - 1)
-
 
 class VPSDE(_BetaSchedule):
     """Variance-preserving SDE ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw`` (eq. 11): DDPM."""
@@ -187,14 +170,6 @@ class VPSDE(_BetaSchedule):
         """``m(t) = exp(log_mean_coeff)``, ``s(t) = sqrt(1 - m(t)^2)`` (eq. 29)."""
         lmc = self.log_mean_coeff(t)
         return torch.exp(lmc), torch.sqrt(-torch.expm1(2 * lmc))
-
-    def discrete_std(self, t: Tensor) -> Tensor:
-        """DDPM's ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)`` for discrete noise networks.
-
-        (The official code floors; rounding keeps ``t_i = i / (N - 1)`` on index ``i`` exactly.)
-        """
-        idx = torch.round(self.network_labels(t, continuous=False)).long()
-        return _lookup(torch.sqrt(1.0 - self.alphas_cumprod), idx, t)
 
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
         """DDPM update ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` as ``(f, G)`` (eq. 46).
@@ -229,11 +204,6 @@ class SubVPSDE(_BetaSchedule):
         dt = torch.full_like(t, self.T / self.N) if t_next is None else t - t_next
         drift, g = self.sde(x, t)
         return drift * append_dims(dt, x.ndim), g * torch.sqrt(dt)
-
-    def network_labels(self, t: Tensor, *, continuous: bool = True) -> Tensor:
-        if not continuous:
-            raise ValueError("the sub-VP SDE has no discrete-time model; use continuous=True")
-        return t * 999
 
 
 def reverse_sde(

@@ -27,6 +27,49 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
+class SampleStreams:
+    """One random stream per example of a batch: example ``i`` of a run seeded ``seed`` draws
+    only from the stream ``(seed, i)``.
+
+    Whatever the batch size, the batch boundaries or (later) the device count, example ``i``
+    gets the same prior noise and the same noise at every sampler step, so its result is the
+    same to float rounding. The cost is one small draw per example and call (measured in
+    ``benchmarks/bench_sample_streams.py``).
+
+    Args:
+        seed: the run's seed.
+        indices: the global indices of the examples in this batch, e.g. ``range(64, 128)``.
+        device: where the draws are made (and returned).
+    """
+
+    def __init__(self, seed: int, indices, device: torch.device | str = "cpu") -> None:
+        self.indices = list(indices)
+        self.device = torch.device(device)
+        self.generators = [stream(seed, "sample", i, device=self.device) for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(
+        self,
+        shape: tuple[int, ...],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Standard normal ``(B, ...)`` with row ``k`` from the ``k``-th example's stream."""
+        if shape[0] != len(self.generators):
+            raise ValueError(
+                f"a batch of {shape[0]} examples drawn from {len(self.generators)} sample streams"
+            )
+        rows = [
+            torch.randn(shape[1:], generator=g, device=self.device, dtype=dtype)
+            for g in self.generators
+        ]
+        out = torch.stack(rows) if rows else torch.empty(shape, device=self.device, dtype=dtype)
+        return out.to(device) if device is not None else out
+
+
 def stream(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with :func:`derive_seed` of ``seed, *keys``."""
     return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))

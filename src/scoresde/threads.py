@@ -57,3 +57,31 @@ def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def tune_for_score_fn(
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    batch_size: int,
+    device: torch.device,
+    *,
+    backward: bool = False,
+) -> int:
+    """:func:`tune_num_threads` on one ``score_fn`` call at ``batch_size`` examples of ``shape``.
+
+    ``backward`` times a gradient as well: the input gradient likelihoods need, and the weight
+    gradient of a training step. Returns the thread count now in effect.
+    """
+    x = torch.zeros(batch_size, *shape, device=device)
+    t = torch.full((batch_size,), 0.5, device=device)
+
+    def call() -> None:
+        if not backward:
+            with torch.no_grad():
+                score_fn(x, t)
+            return
+        with torch.enable_grad():
+            xr = x.clone().requires_grad_(True)
+            score_fn(xr, t).square().mean().backward()
+
+    return tune_num_threads(call, device=device)

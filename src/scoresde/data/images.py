@@ -3,7 +3,7 @@
 Every dataset yields float32 images ``(C, H, W)`` with values ``k / 255`` in ``[0, 1]`` (decoded
 as 8-bit RGB; any resize is done by Pillow on uint8 images, so resized pixels are rounded to
 ``k / 255`` too). Centring to ``[-1, 1]`` (:func:`scoresde.data.transforms.center`) and uniform
-dequantization (:func:`scoresde.likelihood.uniform_dequantize`) are applied to batches later.
+dequantization (:func:`scoresde.data.transforms.uniform_dequantize`) are applied to batches later.
 Decoding uses Pillow and numpy only (plus ``lmdb`` for LSUN's lmdb export); nothing is downloaded.
 
 Layouts (``root`` as passed to :func:`load_image_dataset`):

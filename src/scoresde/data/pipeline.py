@@ -7,6 +7,7 @@ dequantized (optional) and centred to ``[-1, 1]`` (optional). Toy 2-D data is us
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,8 +15,7 @@ from torch import Tensor
 from scoresde.config import DataConfig
 from scoresde.data.images import IMAGE_DATASETS, image_batches, load_image_dataset
 from scoresde.data.toy import TOY_DATASETS, sample_toy
-from scoresde.data.transforms import center, uncenter
-from scoresde.likelihood import uniform_dequantize
+from scoresde.data.transforms import center, uncenter, uniform_dequantize
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
 DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
@@ -40,10 +40,12 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     raise ValueError(f"unknown dataset {cfg.dataset!r}; choose from {list(DATASETS)}")
 
 
-def _image_dataset(cfg: DataConfig, split: str):
+def _image_dataset(cfg: DataConfig, split: str, *, with_labels: bool = False):
     if not cfg.root:
         raise ValueError(f"dataset {cfg.dataset!r} is read from disk: set data.root=PATH")
-    return load_image_dataset(cfg.dataset, cfg.root, split=split, image_size=data_shape(cfg)[-1])
+    return load_image_dataset(
+        cfg.dataset, cfg.root, split=split, image_size=data_shape(cfg)[-1], with_labels=with_labels
+    )
 
 
 def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
@@ -71,29 +73,62 @@ def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
     return data[:limit] if limit else data
 
 
+@dataclass
+class Batch:
+    """A training minibatch: ``data`` ``(B, ...)`` and an optional condition ``labels`` ``(B,)``
+    (int64 class labels), which training passes on to the network."""
+
+    data: Tensor
+    labels: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        labels = self.labels.to(device) if self.labels is not None else None
+        return Batch(self.data.to(device), labels)
+
+
+LABELED_DATASETS = ("digits", "cifar10")
+
+
 def train_batches(
-    cfg: DataConfig, batch_size: int, *, generator: torch.Generator
-) -> Iterator[Tensor]:
+    cfg: DataConfig, batch_size: int, *, generator: torch.Generator, with_labels: bool = False
+) -> Iterator[Batch]:
     """Endless shuffled training batches in data scale, drawn with ``generator`` (CPU).
 
     The dataset is opened here, so a missing or corrupt one fails before training starts.
     In-memory data (digits, toys) is sampled with replacement; image datasets are read epoch
     by epoch in a random order, with random flips if set (``data.images.image_batches``).
+    ``with_labels`` attaches the class labels (digits and CIFAR-10 have them).
     """
+    if with_labels and cfg.dataset not in LABELED_DATASETS:
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has no class labels (model.num_classes > 0 needs one of "
+            f"{list(LABELED_DATASETS)})"
+        )
     if cfg.dataset in IMAGE_DATASETS:
-        return image_batches(
-            _image_dataset(cfg, "train"),
+        batches = image_batches(
+            _image_dataset(cfg, "train", with_labels=with_labels),
             batch_size,
             generator=generator,
             random_flip=cfg.random_flip,
             num_workers=cfg.num_workers,
         )
-    return _resampled(load_split(cfg, "train"), batch_size, generator)
+        return (Batch(*b) if with_labels else Batch(b) for b in batches)
+    if with_labels:
+        from scoresde.data.digits import load_digits_labeled_split
+
+        images, labels, _, _ = load_digits_labeled_split(
+            test_fraction=cfg.test_fraction, seed=cfg.split_seed
+        )
+        return _resampled(images, labels, batch_size, generator)
+    return _resampled(load_split(cfg, "train"), None, batch_size, generator)
 
 
-def _resampled(data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+def _resampled(
+    data: Tensor, labels: Tensor | None, batch_size: int, generator: torch.Generator
+) -> Iterator[Batch]:
     while True:
-        yield data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
+        yield Batch(data[idx], labels[idx] if labels is not None else None)
 
 
 def to_model_scale(

@@ -1,6 +1,6 @@
-"""Batch transforms for image data in ``[0, 1]``: random flips and centring.
+"""Batch transforms for data in ``[0, 1]``: uniform dequantization, random flips and centring.
 
-Uniform dequantization is :func:`scoresde.likelihood.uniform_dequantize`, re-exported here.
+:mod:`scoresde.likelihood` (bits/dim) and the data pipeline both use :func:`uniform_dequantize`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from scoresde._tensor import append_dims
-from scoresde.likelihood import uniform_dequantize
 
 __all__ = ["center", "random_horizontal_flip", "uncenter", "uniform_dequantize"]
 
@@ -41,3 +40,20 @@ def center(x: Tensor) -> Tensor:
 def uncenter(y: Tensor) -> Tensor:
     """Inverse of :func:`center`: ``(y + 1) / 2`` (no clamping; any shape)."""
     return (y + 1) / 2
+
+
+def uniform_dequantize(
+    x: Tensor, *, levels: int = 256, generator: torch.Generator | None = None
+) -> Tensor:
+    """Uniform dequantization ``u = (k + U[0, 1)) / levels`` of data ``x = k / (levels - 1)``.
+
+    Args:
+        x: quantised data in ``[0, 1]`` with values ``k / (levels - 1)``, ``k in {0..levels-1}``
+            (8-bit images: ``levels=256``; scikit-learn's digits: ``levels=17``).
+
+    Returns:
+        Continuous data in ``[0, 1)``, shape of ``x``.
+    """
+    k = torch.round(x * (levels - 1))
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (k + noise) / levels

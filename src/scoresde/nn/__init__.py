@@ -2,8 +2,9 @@
 
 ``NCSNpp`` is NCSN++ and DDPM++ (Song et al., 2021); ``DDPM`` (Ho et al., 2020), ``NCSN`` and
 ``NCSNv2`` (Song & Ermon, 2019, 2020) are the paper's baselines; ``SmallUNet`` and ``ScoreMLP``
-are small networks for the digits demo and 2-D toy data. Official checkpoints load through
-:mod:`scoresde.nn.official`.
+are small networks for the digits demo and 2-D toy data. Official checkpoints and diffusers
+folders load through :mod:`scoresde.interop`; :func:`scoresde.build.build_model` builds a network
+from a config, and the paper's network options are in :mod:`scoresde.presets`.
 """
 
 from scoresde.nn.ddpm import DDPM

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from scoresde.config import Config, ModelConfig, SDEConfig, model_config_from_network
-from scoresde.nn import baseline_presets as base
-from scoresde.nn import ncsnpp_presets as pp
+from scoresde.presets import networks_baselines as base
+from scoresde.presets import networks_ncsnpp as pp
 from scoresde.presets.official_defaults import cifar10_config, official_sample, ve_sde
 
 # ---- CIFAR-10, VE SDE (SMLD) -------------------------------------------------------------------

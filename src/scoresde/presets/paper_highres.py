@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from scoresde.config import Config, SDEConfig, model_config_from_network
-from scoresde.nn import baseline_presets as base
-from scoresde.nn import ncsnpp_presets as pp
+from scoresde.presets import networks_baselines as base
+from scoresde.presets import networks_ncsnpp as pp
 from scoresde.presets.official_defaults import (
     official_data,
     official_sample,

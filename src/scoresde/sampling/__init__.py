@@ -1,6 +1,14 @@
-"""Samplers: predictor and corrector steps, the PC loop, and the probability-flow ODE."""
+"""Samplers: predictor and corrector steps, the PC loop, the probability-flow ODE, and the one
+interface over them (:func:`sample` and the :data:`SAMPLERS` table)."""
 
-from scoresde.sampling.correctors import CORRECTORS, annealed_langevin, langevin, no_corrector
+from scoresde.sampling.api import SAMPLERS, check_sampler, sample, sampler_options
+from scoresde.sampling.correctors import (
+    CORRECTORS,
+    annealed_langevin,
+    langevin,
+    langevin_per_example,
+    no_corrector,
+)
 from scoresde.sampling.grids import uniform_time_grid
 from scoresde.sampling.ode import ode_sample, solve_probability_flow
 from scoresde.sampling.pc import pc_sample
@@ -15,15 +23,20 @@ from scoresde.sampling.predictors import (
 __all__ = [
     "CORRECTORS",
     "PREDICTORS",
+    "SAMPLERS",
     "ancestral_sampling",
     "annealed_langevin",
+    "check_sampler",
     "euler_maruyama",
     "langevin",
+    "langevin_per_example",
     "no_corrector",
     "no_predictor",
     "ode_sample",
     "pc_sample",
     "reverse_diffusion",
+    "sample",
+    "sampler_options",
     "solve_probability_flow",
     "uniform_time_grid",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
@@ -24,19 +26,24 @@ def solve_probability_flow(
     atol: float = 1e-5,
     method: str = "dopri5",
     num_steps: int | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> tuple[Tensor, int]:
     """Integrate the probability-flow ODE (eq. 13) from ``t0`` to ``t1``; returns ``(x_t1, nfe)``.
 
     The solver (torchdiffeq; adaptive Dormand-Prince RK45 ``"dopri5"`` by default) runs on the
     tensor's own device and dtype. Fixed-step methods (``"euler"``, ``"midpoint"``, ``"rk4"``,
-    ``"heun3"``) take ``num_steps`` equal steps.
+    ``"heun3"``) take ``num_steps`` equal steps. ``callback(i, t, x)`` sees the solver's
+    ``i``-th evaluation point (the solver is a black box: these are its stages, not steps).
     """
     nfe = 0
 
     def velocity(t: Tensor, x_t: Tensor) -> Tensor:
         nonlocal nfe
+        t_batch = batch_time(t, x_t)
+        if callback is not None:
+            callback(nfe, t_batch, x_t)
         nfe += 1
-        return probability_flow_drift(sde, score_fn, x_t, batch_time(t, x_t))
+        return probability_flow_drift(sde, score_fn, x_t, t_batch)
 
     ts = torch.tensor([t0, t1], device=x.device, dtype=x.dtype)
     options = solver_options(ts, method, num_steps)
@@ -86,6 +93,7 @@ def ode_sample(
     denoise: bool = True,
     method: str = "dopri5",
     num_steps: int | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> tuple[Tensor, int]:
     """Sample by solving the probability-flow ODE from ``T`` to ``eps``, then denoise.
 
@@ -94,14 +102,23 @@ def ode_sample(
         rtol, atol: tolerances of the adaptive solver.
         eps: the end time of the ODE solve.
         denoise: take a final Tweedie step ``E[x_0 | x_eps]`` (one more score call).
-        method, num_steps: see :func:`solve_probability_flow`.
+        method, num_steps, callback: see :func:`solve_probability_flow`.
 
     Returns:
         ``(samples (B, ...), nfe)``; ``nfe`` counts every score evaluation, the denoising one
         included (the official code leaves it out).
     """
     x, nfe = solve_probability_flow(
-        sde, score_fn, x_T, sde.T, eps, rtol=rtol, atol=atol, method=method, num_steps=num_steps
+        sde,
+        score_fn,
+        x_T,
+        sde.T,
+        eps,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        num_steps=num_steps,
+        callback=callback,
     )
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, batch_time(eps, x))

@@ -15,6 +15,7 @@ from scoresde.score import ScoreFn, tweedie_denoise
 from scoresde.sdes import SDE
 
 Projection = Callable[[Tensor, "Tensor | None"], Tensor]
+Callback = Callable[[int, Tensor, Tensor], None]
 
 
 def resolve(choice, table: Mapping[str, Callable], kind: str) -> Callable:
@@ -42,6 +43,7 @@ def pc_sample(
     time_grid: Tensor | None = None,
     project: Projection | None = None,
     progress: bool = False,
+    callback: Callback | None = None,
 ) -> Tensor:
     """Sample by predictor-corrector steps from ``x_T`` at time ``T`` down to ``eps``.
 
@@ -65,6 +67,9 @@ def pc_sample(
         project: ``project(x, t) -> x`` applied after every step (inverse problems, e.g.
             :func:`scoresde.inverse.inpaint`); called with ``t=None`` after the denoising step.
         progress: show a progress bar.
+        callback: ``callback(i, t, x)`` after step ``i`` (predictor and correctors) with the
+            step's end time ``t`` ``(B,)`` and state ``x``, and once more after denoising
+            (``i = num_steps``); for progress reports or trajectories.
 
     Returns:
         Samples ``(B, ...)``. The cost is ``num_steps * (1 + n_steps) + denoise`` score calls.
@@ -86,7 +91,11 @@ def pc_sample(
         for _ in range(n_steps):
             x, _ = corrector_fn(sde, score_fn, x, t_next, snr=snr, generator=generator)
             x = project(x, t_next) if project else x
+        if callback is not None:
+            callback(i, t_next, x)
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, time_grid[-1] * ones)
         x = project(x, None) if project else x
+        if callback is not None:
+            callback(len(time_grid) - 1, time_grid[-1] * ones, x)
     return x

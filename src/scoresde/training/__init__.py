@@ -1,1 +1,1 @@
-"""Training: the loop, EMA of weights and atomic safetensors checkpoints."""
+"""Training: the loop, the optimiser and the EMA of weights (checkpoints: scoresde.checkpoint)."""

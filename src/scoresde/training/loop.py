@@ -4,7 +4,9 @@ A run lives in one folder: ``config.json`` (the resolved config) and ``checkpoin
 (weights, EMA, optimiser, step and every random stream). Running the same command again resumes
 it bit-exactly; a run folder is never reused for another config (:mod:`scoresde.rundir`).
 Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and raises
-:class:`TrainingInterruptedError`.
+:class:`TrainingInterruptedError`. The state and its step live in
+:mod:`scoresde.training.state`, logging, checkpoints and sample grids in
+:mod:`scoresde.training.hooks`; this module is the loop around them.
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
+from scoresde.checkpoint import Checkpoint, load_checkpoint
 from scoresde.config import Config, config_to_dict, load_config, save_config
-from scoresde.data.pipeline import data_shape, to_model_scale, train_batches
+from scoresde.data.pipeline import Batch, to_model_scale, train_batches
 from scoresde.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -33,11 +35,12 @@ from scoresde.rundir import (
     config_differences,
     describe_differences,
 )
-from scoresde.seeding import derive_seed, global_rng_state, private_global_rng, stream
-from scoresde.threads import tune_num_threads
-from scoresde.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from scoresde.sdes import SDE
+from scoresde.seeding import derive_seed, private_global_rng, stream
 from scoresde.training.ema import EMA
+from scoresde.training.hooks import Checkpointer, Hook, LossLog, SampleGrid
 from scoresde.training.optim import make_optimizer
+from scoresde.training.state import TrainState, conditional, train_step
 
 
 @dataclass
@@ -72,11 +75,6 @@ class TrainingInterruptedError(Exception):
         )
 
 
-def warmup_lr(step: int, lr: float, warmup: int) -> float:
-    """Linear warmup ``lr min(1, (step + 1) / warmup)`` (the official code starts at 0)."""
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-
-
 def train(
     cfg: Config,
     workdir: str | Path,
@@ -84,20 +82,25 @@ def train(
     progress: bool = True,
     resume: bool = True,
     overwrite: bool = False,
-    tune_threads: bool = False,
+    hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train a score model as ``cfg`` says, writing ``config.json`` and a checkpoint to ``workdir``.
 
     Training runs for ``cfg.train.steps`` steps, or until ``cfg.train.minutes`` of wall time
     (0: no cap) have passed. Everything random (initial weights, data order, noise, dropout)
     comes from streams derived from ``cfg.seed``, so the same config gives bit-identical
-    weights on the same machine; the caller's global RNG state is left untouched.
+    weights on the same machine; the caller's global RNG state is left untouched. A
+    class-conditional model (``model.num_classes > 0``) gets each batch's labels.
 
     A ``workdir`` that already holds a run is resumed bit-exactly from its checkpoint when
     ``resume`` is set and its config differs from ``cfg`` only in :data:`RESUMABLE_KEYS` (length,
-    logging and checkpoint cadence, device); any other difference is refused before any work.
-    ``overwrite`` discards an existing run instead. ``tune_threads`` picks the faster of 1 and
-    all CPU threads for this model (:func:`scoresde.threads.tune_num_threads`).
+    logging, checkpoint and sample cadence, device); any other difference is refused before any
+    work. ``overwrite`` discards an existing run instead.
+
+    The loop itself only draws batches and calls :func:`train_step`; logging, checkpoints
+    (every ``train.checkpoint_every`` steps and at the end), periodic sample grids
+    (``train.sample_every``) and the caller's own ``hooks`` run after each step
+    (:mod:`scoresde.training.hooks`).
 
     Raises:
         OutputExistsError: ``workdir`` is a file, or holds another run (or a run and not
@@ -106,105 +109,104 @@ def train(
     """
     workdir = Path(workdir)
     device = resolve_device(cfg.device)
-    previous = _previous_run(workdir, cfg, resume=resume, overwrite=overwrite)
-    ckpt_path = workdir / CHECKPOINT_NAME
+    previous = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
     tc = cfg.train
     sde = build_sde(cfg.sde)
-    model = build_model(cfg).to(device)
-    ema = EMA(model, tc.ema_decay)
-    optimizer = make_optimizer(model.parameters(), tc)
+    state = create_state(cfg, sde, device)
     loss_fn = build_loss(cfg, sde)
-    score_fn = build_score_fn(model, sde, cfg.model)
-    noise = stream(cfg.seed, "noise", device=device)
-    data_order = stream(cfg.seed, "data")
-    batches = train_batches(cfg.data, tc.batch_size, generator=data_order)
-    step, global_state = 0, None
+    batches = train_batches(
+        cfg.data, tc.batch_size, generator=state.data_order, with_labels=conditional(cfg)
+    )
+    checkpointer = Checkpointer(workdir / CHECKPOINT_NAME, cfg, tc.checkpoint_every, device)
+    global_state = None
     if previous is not None:
-        step, global_state = _restore(previous, model, ema, optimizer, noise, data_order)
-    if step >= tc.steps:
-        return TrainResult(model.eval(), ema, ckpt_path, step, 0.0, [], "already complete", step)
+        global_state = _restore(previous, state)
+    first_step = state.step
+    if state.step >= tc.steps:
+        state.model.eval()
+        return TrainResult(
+            state.model,
+            state.ema,
+            checkpointer.path,
+            state.step,
+            0.0,
+            [],
+            "already complete",
+            first_step,
+        )
 
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, workdir / CONFIG_NAME)
     if overwrite and previous is None:
-        ckpt_path.unlink(missing_ok=True)
-    if tune_threads:
-        probe = torch.zeros(tc.batch_size, *data_shape(cfg.data), device=device)
-        t = torch.full((tc.batch_size,), 0.5, device=device)
-        model.eval()  # no dropout draws while timing
-        tune_num_threads(lambda: score_fn(probe, t).square().mean().backward(), device=device)
-        optimizer.zero_grad(set_to_none=True)
+        checkpointer.path.unlink(missing_ok=True)
+    log = LossLog(tc.log_every, progress=progress, total=tc.steps, initial=state.step)
+    all_hooks: list[Hook] = [log, checkpointer]
+    if tc.sample_every:
+        all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
+    all_hooks += list(hooks)
 
-    def save(at_step: int) -> None:
-        rng = {
-            "noise": noise.get_state().tolist(),
-            "data": data_order.get_state().tolist(),
-            "global": global_rng_state(device),
-        }
-        save_checkpoint(
-            ckpt_path,
-            model=model.state_dict(),
-            ema=ema.state_dict(),
-            optimizer=optimizer.state_dict(),
-            step=at_step,
-            config=config_to_dict(cfg),
-            extra={"rng": rng},
-        )
-
-    first_step = step
-    losses: list[tuple[int, float]] = []
-    window_sum, window_len = torch.zeros((), device=device), 0
     stopped_by = "steps"
     start = time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=step, desc="training", disable=not progress)
     dropout_seed = derive_seed(cfg.seed, "global")
     with private_global_rng(dropout_seed, device, state=global_state), _stop_signals() as stop:
-        model.train()
-        while step < tc.steps:
-            # One optimisation step on a fresh minibatch.
-            x0 = to_model_scale(next(batches).to(device), cfg.data, generator=noise)
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_lr(step, tc.lr, tc.warmup)
-            loss = loss_fn(score_fn, x0, noise).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip >= 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            ema.update(model)
-            step += 1
-            bar.update(1)
-            window_sum, window_len = window_sum + loss.detach(), window_len + 1
+        state.model.train()
+        while state.step < tc.steps:
+            batch = next(batches)
+            x0 = to_model_scale(batch.data.to(device), cfg.data, generator=state.noise)
+            labels = batch.labels.to(device) if batch.labels is not None else None
+            loss = train_step(state, Batch(x0, labels), loss_fn, tc)
             if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
                 stopped_by = "time cap"
-            ending = step == tc.steps or stopped_by != "steps" or bool(stop)
-            # Log the mean loss since the last log; .item() is a device sync, so only now and then.
-            if step % tc.log_every == 0 or ending:
-                losses.append((step, (window_sum / window_len).item()))
-                window_sum, window_len = torch.zeros((), device=device), 0
-                bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+            last = state.step == tc.steps or stopped_by != "steps" or bool(stop)
+            for hook in all_hooks:
+                hook(state, loss, last)
             if stop:
-                save(step)
-                bar.close()
-                raise TrainingInterruptedError(stop[0], step, ckpt_path)
-            if ending or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
-                save(step)
-            if stopped_by != "steps":
+                log.close()
+                raise TrainingInterruptedError(stop[0], state.step, checkpointer.path)
+            if last:
                 break
-    bar.close()
-    model.eval()
+    log.close()
+    state.model.eval()
     seconds = time.perf_counter() - start
-    return TrainResult(model, ema, ckpt_path, step, seconds, losses, stopped_by, first_step)
+    return TrainResult(
+        state.model,
+        state.ema,
+        checkpointer.path,
+        state.step,
+        seconds,
+        log.losses,
+        stopped_by,
+        first_step,
+    )
 
 
-def _previous_run(
-    workdir: Path, cfg: Config, *, resume: bool, overwrite: bool
+def create_state(cfg: Config, sde: SDE, device: torch.device) -> TrainState:
+    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam, streams."""
+    model = build_model(cfg).to(device)
+    return TrainState(
+        model=model,
+        score_model=build_score_fn(model, sde, cfg),
+        ema=EMA(model, cfg.train.ema_decay),
+        optimizer=make_optimizer(model.parameters(), cfg.train),
+        step=0,
+        noise=stream(cfg.seed, "noise", device=device),
+        data_order=stream(cfg.seed, "data"),
+    )
+
+
+def check_resume(
+    workdir: str | Path, cfg: Config, *, resume: bool = True, overwrite: bool = False
 ) -> Checkpoint | None:
     """The checkpoint to resume from, or ``None`` for a fresh run; refuses anything unsafe.
 
-    A folder with a ``config.json`` but no checkpoint yet (a run stopped before its first save)
-    must have the same config too.
+    Cheap (it reads the folder's config and checkpoint, builds nothing), so callers can check
+    a run folder before any expensive work. A folder with a ``config.json`` but no checkpoint
+    yet (a run stopped before its first save) must have the same config too.
+
+    Raises:
+        OutputExistsError: as :func:`train` says.
     """
+    workdir = Path(workdir)
     check_output_dir(workdir, [], what="a run")
     if overwrite or not workdir.is_dir():
         return None
@@ -231,25 +233,17 @@ def _previous_run(
     return previous
 
 
-def _restore(
-    ckpt: Checkpoint,
-    model: nn.Module,
-    ema: EMA,
-    optimizer: torch.optim.Optimizer,
-    noise: torch.Generator,
-    data_order: torch.Generator,
-) -> tuple[int, dict | None]:
-    """Load weights, EMA, optimiser and random streams; returns ``(step, global RNG state)``."""
-    model.load_state_dict(ckpt.model)
+def _restore(ckpt: Checkpoint, state: TrainState) -> dict | None:
+    """Load weights, EMA, optimiser, step and streams; returns the global RNG state."""
+    state.model.load_state_dict(ckpt.model)
     if ckpt.ema is not None:
-        ema.load_state_dict(ckpt.ema)
+        state.ema.load_state_dict(ckpt.ema)
     if ckpt.optimizer is not None:
-        optimizer.load_state_dict(ckpt.optimizer)
+        state.optimizer.load_state_dict(ckpt.optimizer)
+    state.step = ckpt.step
     rng = (ckpt.extra or {}).get("rng", {})
-    for generator, name in ((noise, "noise"), (data_order, "data")):
-        if name in rng:
-            generator.set_state(torch.tensor(rng[name], dtype=torch.uint8))
-    return ckpt.step, rng.get("global")
+    state.load_rng_state(rng)
+    return rng.get("global")
 
 
 @contextmanager

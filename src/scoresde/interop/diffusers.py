@@ -61,7 +61,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from scoresde.nn.diffusers_config import (
+from scoresde.interop.diffusers_config import (
     DiffusersCompatError,
     _checked_layout,
     _Entry,

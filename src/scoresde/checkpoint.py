@@ -1,4 +1,4 @@
-"""One-file training checkpoints in safetensors: no pickle, atomic writes.
+"""One-file safetensors checkpoints of trained and converted runs: no pickle, atomic writes.
 
 A checkpoint is a single ``.safetensors`` file. Its tensors are
 

@@ -1,9 +1,10 @@
-"""Safe loading and conversion of official ``score_sde_pytorch`` checkpoints.
+"""Safe loading of official ``score_sde_pytorch`` checkpoints and mapping of their weights.
 
 Supported networks (official ``config.model.name`` -> our class): ``'ncsnpp'`` -> ``NCSNpp``
 (NCSN++ and DDPM++), ``'ddpm'`` -> ``DDPM``, ``'ncsn'`` -> ``NCSN``, ``'ncsnv2_64'`` /
 ``'ncsnv2_128'`` / ``'ncsnv2_256'`` -> ``NCSNv2`` with ``variant`` 64 / 128 / 256. That mapping
-(``official_network``) lives in :mod:`scoresde.nn.official_config` and is re-exported here.
+(``official_network``) lives in :mod:`scoresde.interop.official_config` and is re-exported here.
+A checkpoint becomes a scoresde run folder with :func:`scoresde.interop.convert.convert_official`.
 
 Official checkpoints (``{'optimizer', 'model', 'ema', 'step'}``, written by its ``save_checkpoint``)
 hold the network state dict under ``module.``-prefixed keys and the EMA as a list of
@@ -23,10 +24,8 @@ norm weights are trainable parameters), so all their other entries have shadows.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,27 +33,22 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from scoresde.nn.official_config import (
-    NETWORK_CLASSES,
+from scoresde.checkpoint import FORMAT_NAME
+from scoresde.interop.official_config import (
     OfficialNetwork,
     from_official_config,
-    network_class,
     official_network,
 )
 
 __all__ = [
-    "NETWORK_CLASSES",
     "OfficialCheckpointError",
     "OfficialNetwork",
-    "convert_official_checkpoint",
+    "check_official_file",
     "from_official_config",
-    "load_converted",
     "load_official_checkpoint",
     "load_strict",
-    "network_class",
     "official_ema_state_dict",
     "official_network",
     "official_state_dict_to_ours",
@@ -165,7 +159,7 @@ def _safetensors_problem(path: Path) -> str | None:
             metadata = f.metadata() or {}
     except Exception:  # safetensors raises several types for malformed headers
         return "is a corrupt safetensors file, not an official .pth checkpoint"
-    if metadata.get("format") == "scoresde-checkpoint":
+    if metadata.get("format") == FORMAT_NAME:
         return (
             "is already a scoresde checkpoint: use it directly "
             "(scoresde sample --checkpoint PATH); nothing to convert"
@@ -281,92 +275,3 @@ def load_strict(model: nn.Module, sd: Mapping[str, Tensor]) -> None:
             f"checkpoint does not fit the config's {type(model).__name__}: " + "; ".join(parts)
         )
     model.load_state_dict(sd, strict=True)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def convert_official_checkpoint(
-    src_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    use_ema: bool = True,
-    config: Mapping[str, Any] | None = None,
-) -> Path:
-    """Convert an official checkpoint into ``out_dir/model.safetensors`` + ``out_dir/config.json``.
-
-    Args:
-        src_path: official checkpoint (``.pth``), loaded with ``load_official_checkpoint``.
-        out_dir: output directory (created if needed); both files are written atomically.
-        use_ema: store the EMA weights (what the paper samples with) instead of the raw ones.
-        config: the official config as a nested dict (needs ``model`` and ``data``); by default
-            read from the JSON file next to the checkpoint, ``<src_path stem>.config.json``.
-            ``model.name`` picks the network (see ``official_network``).
-
-    Returns:
-        ``out_dir``. ``config.json`` holds ``network_class`` (a ``NETWORK_CLASSES`` key),
-        ``network`` (its kwargs), ``official_config``, ``step`` and ``weights`` (``'ema'`` or
-        ``'model'``); ``load_converted`` rebuilds the model.
-
-    Raises:
-        OfficialCheckpointError: the file is refused, or its weights do not fit the configured
-            network (one-line messages).
-    """
-    src_path, out_dir = Path(src_path), Path(out_dir)
-    checkpoint = load_official_checkpoint(src_path)
-    if config is None:
-        config_path = src_path.with_suffix(".config.json")
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"no config for {src_path}: pass config= or create {config_path}"
-            )
-        config = json.loads(config_path.read_text())
-    spec = official_network(config["model"], config["data"])
-    model = spec.build()
-    sd = (
-        official_ema_state_dict(checkpoint, model)
-        if use_ema
-        else official_state_dict_to_ours(checkpoint["model"])
-    )
-    load_strict(model, sd)
-    tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    meta = {
-        "network_class": spec.network_class,
-        "network": spec.kwargs,
-        "official_config": config,
-        "step": int(checkpoint["step"]),
-        "weights": "ema" if use_ema else "model",
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
-        out_dir / "model.safetensors",
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-    )
-    text = json.dumps(meta, indent=1, sort_keys=True, default=str)
-    _atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
-    return out_dir
-
-
-def load_converted(
-    out_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> nn.Module:
-    """Rebuild the network of a ``convert_official_checkpoint`` directory (eval mode).
-
-    The class is ``config.json``'s ``network_class`` (``NCSNpp`` when absent, as in directories
-    written before other networks were supported).
-    """
-    out_dir = Path(out_dir)
-    meta = json.loads((out_dir / "config.json").read_text())
-    spec = OfficialNetwork(meta.get("network_class", "NCSNpp"), meta["network"])
-    model = spec.build()
-    model.load_state_dict(load_file(out_dir / "model.safetensors", device=str(device)), strict=True)
-    return model.to(device).eval()

@@ -1,9 +1,11 @@
-"""Official ``score_sde_pytorch`` config dicts -> our network classes and their kwargs.
+"""Official ``score_sde_pytorch`` config dicts -> our networks and their kwargs.
 
 ``official_network(config.model, config.data)`` dispatches on ``model.name`` (``'ncsnpp'``,
 ``'ddpm'``, ``'ncsn'``, ``'ncsnv2_64'``/``'_128'``/``'_256'``) and returns an ``OfficialNetwork``
-(a ``NETWORK_CLASSES`` key plus keyword arguments) after checking the options the network does not
-support; loading and converting checkpoints is :mod:`scoresde.nn.official`'s job.
+(our network's name plus its keyword arguments) after checking the options the network does not
+support. Loading checkpoints is :mod:`scoresde.interop.official`'s job, writing scoresde runs
+from them :mod:`scoresde.interop.convert`'s; networks are built by
+:func:`scoresde.build.build_model` only.
 """
 
 from __future__ import annotations
@@ -13,46 +15,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from torch import nn
-
-from scoresde.nn.ddpm import DDPM
-from scoresde.nn.ncsn import NCSN, NCSNv2
-from scoresde.nn.ncsnpp import NCSNpp
-
-NETWORK_CLASSES: dict[str, type[nn.Module]] = {
-    "NCSNpp": NCSNpp,
-    "DDPM": DDPM,
-    "NCSN": NCSN,
-    "NCSNv2": NCSNv2,
-}
-"""Our network classes by name, as stored in a converted ``config.json`` (``network_class``)."""
-
 
 @dataclass(frozen=True)
 class OfficialNetwork:
-    """Which of our networks an official config describes, and how to build it.
+    """Which of our networks an official config describes, and its keyword arguments.
 
     Attributes:
-        network_class: a key of ``NETWORK_CLASSES`` (``'NCSNpp'``, ``'DDPM'``, ``'NCSN'`` or
-            ``'NCSNv2'``).
-        kwargs: keyword arguments of that class.
+        name: the scoresde network (``ModelConfig.name``): ``'ncsnpp'``, ``'ddpm'``, ``'ncsn'``
+            or ``'ncsnv2'``; :func:`scoresde.build.build_model` builds it from a config.
+        kwargs: keyword arguments of that network's class (``NCSNpp``, ``DDPM``, ``NCSN``,
+            ``NCSNv2``), as :func:`scoresde.config.model_config_from_network` takes them.
     """
 
-    network_class: str
+    name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        """A freshly initialised network (uses the global torch RNG, as the official code)."""
-        return network_class(self.network_class)(**self.kwargs)
-
-
-def network_class(name: str) -> type[nn.Module]:
-    """The class registered as ``name`` in ``NETWORK_CLASSES``."""
-    if name not in NETWORK_CLASSES:
-        raise ValueError(
-            f"unknown network class {name!r}; expected one of {sorted(NETWORK_CLASSES)}"
-        )
-    return NETWORK_CLASSES[name]
 
 
 def _check(model_cfg: Mapping[str, Any], field_name: str, expected: Any, network: str) -> None:
@@ -162,10 +138,10 @@ def _ncsnv2_kwargs(
 
 _Builder = Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
 _OFFICIAL_NAMES: dict[str, tuple[str, _Builder]] = {
-    "ncsnpp": ("NCSNpp", _ncsnpp_kwargs),
-    "ddpm": ("DDPM", _ddpm_kwargs),
-    "ncsn": ("NCSN", _ncsn_kwargs),
-    **{f"ncsnv2_{v}": ("NCSNv2", partial(_ncsnv2_kwargs, variant=v)) for v in (64, 128, 256)},
+    "ncsnpp": ("ncsnpp", _ncsnpp_kwargs),
+    "ddpm": ("ddpm", _ddpm_kwargs),
+    "ncsn": ("ncsn", _ncsn_kwargs),
+    **{f"ncsnv2_{v}": ("ncsnv2", partial(_ncsnv2_kwargs, variant=v)) for v in (64, 128, 256)},
 }
 
 
@@ -184,8 +160,8 @@ def official_network(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) 
         raise ValueError(
             f"unsupported official network {name!r}; expected one of {sorted(_OFFICIAL_NAMES)}"
         )
-    class_name, builder = _OFFICIAL_NAMES[name]
-    return OfficialNetwork(class_name, builder(model_cfg, data_cfg))
+    our_name, builder = _OFFICIAL_NAMES[name]
+    return OfficialNetwork(our_name, builder(model_cfg, data_cfg))
 
 
 def from_official_config(
@@ -193,7 +169,7 @@ def from_official_config(
 ) -> dict[str, Any]:
     """Keyword arguments of our network for the official ``config.model`` / ``config.data``.
 
-    Same dispatch as ``official_network`` (which also names the class); for ``'ncsnpp'`` configs
-    these are ``NCSNpp`` kwargs, as before.
+    Same dispatch as ``official_network`` (which also names the network); for ``'ncsnpp'``
+    configs these are ``NCSNpp`` kwargs.
     """
     return official_network(model_cfg, data_cfg).kwargs

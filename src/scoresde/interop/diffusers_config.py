@@ -4,7 +4,7 @@
 one-line ``DiffusersCompatError``) every config the skip-block NCSN++ cannot reproduce and returns
 the equivalent ``NCSNpp`` kwargs; ``_checked_layout(model, config)`` pairs each module of the
 built ``NCSNpp`` with its diffusers counterpart and refuses configs whose GroupNorms differ. The
-supported configs are listed in :mod:`scoresde.nn.diffusers_compat`, which maps and loads the
+supported configs are listed in :mod:`scoresde.interop.diffusers`, which maps and loads the
 weights.
 """
 
@@ -48,7 +48,7 @@ _NORMS = {"norm1": "GroupNorm_0", "norm2": "GroupNorm_1", "group_norm": "GroupNo
 
 
 class DiffusersCompatError(ValueError):
-    """A diffusers folder, config or state dict that :mod:`scoresde.nn.diffusers_compat` cannot
+    """A diffusers folder, config or state dict that :mod:`scoresde.interop.diffusers` cannot
     map onto ``NCSNpp``."""
 
 
@@ -79,7 +79,7 @@ def ncsnpp_kwargs_from_diffusers(
 ) -> dict[str, Any]:
     """``NCSNpp`` keyword arguments equivalent to a score-SDE ``UNet2DModel`` config.
 
-    Checks everything listed as supported in the :mod:`scoresde.nn.diffusers_compat` docstring
+    Checks everything listed as supported in the :mod:`scoresde.interop.diffusers` docstring
     except the GroupNorm group counts (``load_diffusers_ncsnpp`` checks those on the built model).
     ``sigma_min``, ``sigma_max`` and ``num_scales`` only fill the ``sigmas`` buffer.
 

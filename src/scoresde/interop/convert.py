@@ -1,12 +1,15 @@
 """Turn a released official score_sde_pytorch checkpoint into a scoresde run.
 
 ``convert_official(src, out_dir, preset=...)`` loads the ``.pth`` file safely
-(:func:`scoresde.nn.official.load_official_checkpoint`: ``weights_only=True`` plus the few numpy
-scalar globals such files need), puts its EMA (or raw) weights into the network of a scoresde
+(:func:`scoresde.interop.official.load_official_checkpoint`: ``weights_only=True`` plus the few
+numpy scalar globals such files need), puts its EMA (or raw) weights into the network of a scoresde
 config and writes ``out_dir/checkpoint.safetensors`` and ``out_dir/config.json``, which
 ``scoresde sample`` and ``scoresde likelihood`` take like any trained run. The config is a
 preset (the released CIFAR-10 checkpoints go with ``ve_cifar10_ncsnpp_continuous`` and friends)
-or is read from the official config as JSON (:func:`config_from_official`).
+or is read from the official config as JSON (:func:`config_from_official`). This is the one
+conversion: the weights go through :func:`scoresde.build.build_model`,
+:func:`scoresde.checkpoint.save_checkpoint` and :func:`scoresde.config.save_config`, as a trained
+run's do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scoresde.build import build_model
+from scoresde.checkpoint import save_checkpoint
 from scoresde.config import (
     Config,
     DataConfig,
@@ -27,7 +31,7 @@ from scoresde.config import (
     model_config_from_network,
     save_config,
 )
-from scoresde.nn.official import (
+from scoresde.interop.official import (
     OfficialCheckpointError,
     check_official_file,
     load_official_checkpoint,
@@ -38,7 +42,6 @@ from scoresde.nn.official import (
 )
 from scoresde.presets import get_preset
 from scoresde.rundir import CHECKPOINT_NAME, CONFIG_NAME, check_output_dir
-from scoresde.training.checkpoint import save_checkpoint
 
 _DATASETS = {
     "CIFAR10": "cifar10",
@@ -48,7 +51,6 @@ _DATASETS = {
     "FFHQ": "ffhq",
 }
 _SDES = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
-_NETWORKS = {"NCSNpp": "ncsnpp", "DDPM": "ddpm", "NCSN": "ncsn", "NCSNv2": "ncsnv2"}
 
 
 def config_from_official(official: dict[str, Any]) -> Config:
@@ -61,9 +63,7 @@ def config_from_official(official: dict[str, Any]) -> Config:
         sampling, optim = official["sampling"], official["optim"]
         network = official_network(model, data)
         net = model_config_from_network(
-            _NETWORKS[network.network_class],
-            network.kwargs,
-            continuous=bool(training["continuous"]),
+            network.name, network.kwargs, continuous=bool(training["continuous"])
         )
         return Config(
             data=DataConfig(

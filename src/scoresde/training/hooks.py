@@ -1,0 +1,115 @@
+"""What the training loop does besides stepping: each is a hook called after every step.
+
+A hook is any callable ``hook(state, loss, last)``: ``state`` is the
+:class:`~scoresde.training.state.TrainState` after the step, ``loss`` that step's mean loss
+(a 0-dim tensor on the training device; reading it is a device sync, so hooks read it only now
+and then) and ``last`` whether this is the last step of the call (the run's end, a time cap
+or an interrupt). Hooks act every so many steps; the loop knows nothing of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from scoresde.build import build_score_fn, sampler_config
+from scoresde.checkpoint import save_checkpoint
+from scoresde.config import Config, config_to_dict
+from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data
+from scoresde.sampling import sample
+from scoresde.sdes import SDE
+from scoresde.seeding import SampleStreams, global_rng_state
+from scoresde.training.state import TrainState
+
+Hook = Callable[[TrainState, Tensor, bool], None]
+
+
+class LossLog:
+    """The loss curve: the mean loss over each ``every`` steps (and up to the last step), shown
+    on a progress bar. ``losses`` holds ``(step, mean loss)``."""
+
+    def __init__(self, every: int, *, progress: bool, total: int, initial: int) -> None:
+        self.every = every
+        self.losses: list[tuple[int, float]] = []
+        self._sum: Tensor | None = None
+        self._count = 0
+        self._bar = tqdm(total=total, initial=initial, desc="training", disable=not progress)
+
+    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._count += 1
+        self._bar.update(1)
+        if state.step % self.every == 0 or last:
+            self.losses.append((state.step, (self._sum / self._count).item()))
+            self._sum, self._count = None, 0
+            self._bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}")
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Checkpointer:
+    """Saves the whole state atomically every ``every`` steps (0: only at the end) and at the
+    last step: weights, EMA, optimiser, step, the config and every random stream (including
+    torch's global generator on ``device``, which dropout draws from)."""
+
+    def __init__(self, path: Path, cfg: Config, every: int, device: torch.device) -> None:
+        self.path, self.cfg, self.every, self.device = Path(path), cfg, every, device
+
+    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+        if last or (self.every and state.step % self.every == 0):
+            self.save(state)
+
+    def save(self, state: TrainState) -> Path:
+        rng = {**state.rng_state(), "global": global_rng_state(self.device)}
+        return save_checkpoint(
+            self.path,
+            model=state.model.state_dict(),
+            ema=state.ema.state_dict(),
+            optimizer=state.optimizer.state_dict(),
+            step=state.step,
+            config=config_to_dict(self.cfg),
+            extra={"rng": rng},
+        )
+
+
+class SampleGrid:
+    """Every ``every`` steps, samples of the EMA model as ``folder/step_<N>.png`` (and
+    ``.npy``): a visual check of a long run. Uses the config's sampler and the per-sample
+    streams ``(seed, i)`` of ``scoresde sample``, so sample ``i`` of every grid starts from the
+    same noise, and nothing is drawn from the training streams."""
+
+    def __init__(
+        self, every: int, folder: Path, cfg: Config, sde: SDE, *, num_samples: int = 64
+    ) -> None:
+        self.every, self.folder, self.cfg, self.sde = every, Path(folder), cfg, sde
+        self.num_samples = min(num_samples, cfg.sample.num_samples)
+        self.method, self.options = sampler_config(cfg.sample)
+
+    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+        if state.step % self.every:
+            return
+        from scoresde.viz import save_image_grid, save_scatter
+
+        device = next(state.model.parameters()).device
+        score_fn = build_score_fn(state.ema.shadow, self.sde, self.cfg)
+        streams = SampleStreams(self.cfg.seed, range(self.num_samples), device=device)
+        shape = (self.num_samples, *data_shape(self.cfg.data))
+        with torch.no_grad():
+            x_T = self.sde.prior_sampling(shape, streams, device=device)
+            x, _ = sample(
+                self.sde, score_fn, x_T, method=self.method, generator=streams, **self.options
+            )
+        x = from_model_scale(x, self.cfg.data).cpu()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = self.folder / f"step_{state.step:07d}"
+        np.save(name.with_suffix(".npy"), x.numpy())
+        if is_image_data(self.cfg.data):
+            save_image_grid(x, name.with_suffix(".png"), nrow=8)
+        else:
+            save_scatter(x, name.with_suffix(".png"), title=f"step {state.step}")
