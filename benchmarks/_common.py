@@ -15,6 +15,6 @@ def demo_network(sde_kind: str = "subvp", batch: int = 64, seed: int = 0):
     cfg = get_preset(f"digits_{sde_kind}")
     sde = build_sde(cfg.sde)
     model = build_model(cfg).eval()
-    score_fn = build_score_fn(model, sde, cfg.model)
+    score_fn = build_score_fn(model, sde, cfg)
     x = sde.prior_sampling((batch, *data_shape(cfg.data)), torch.Generator().manual_seed(seed))
     return cfg, sde, model, score_fn, x

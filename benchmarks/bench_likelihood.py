@@ -29,7 +29,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     _, sde, model, score_fn, x = demo_network(a.sde, a.batch)
     x = x.clamp(-1, 1)
-    labels = sde.network_labels(torch.full((a.batch,), 0.5))
+    labels = score_fn.network_labels(torch.full((a.batch,), 0.5))
     v = torch.randn_like(x).sign()
 
     def forward_vjp() -> None:

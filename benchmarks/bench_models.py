@@ -40,7 +40,7 @@ import torch
 import scoresde
 from scoresde.config import TrainConfig
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.nn.ncsnpp_presets import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
+from scoresde.presets.networks_ncsnpp import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
 from scoresde.training.optim import make_optimizer
 
 PRESETS = {
@@ -140,7 +140,9 @@ def measure(a: argparse.Namespace) -> dict:
     x = torch.rand(a.batch, kwargs["num_channels"], size, size, device=device)
     if kwargs["centered"]:
         x = 2 * x - 1
-    labels = sde.network_labels(torch.full((a.batch,), 0.5, device=device))
+    labels = scoresde.make_score_fn(model, sde).network_labels(
+        torch.full((a.batch,), 0.5, device=device)
+    )
     if a.variant == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

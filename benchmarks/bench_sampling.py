@@ -30,7 +30,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     _, sde, model, score_fn, x = demo_network(a.sde, a.batch)
-    labels = sde.network_labels(torch.full((a.batch,), 0.5))
+    labels = score_fn.network_labels(torch.full((a.batch,), 0.5))
 
     def forward() -> float:
         return median_seconds(lambda: model(x, labels), repeats=30, warmup=3)

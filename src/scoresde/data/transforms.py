@@ -1,6 +1,6 @@
 """Batch transforms for data in ``[0, 1]``: uniform dequantization, random flips and centring.
 
-:mod:`scoresde.likelihood` (bits/dim) and the data pipeline both use :func:`uniform_dequantize`.
+Bits per dimension (the likelihood module) and the data pipeline both dequantize with it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``PRESETS`` maps each name to its function; ``scoresde presets`` lists them. The small ones
 (digits, toys) are in :mod:`.small`; the paper's experiments, one per official config file, in
-:mod:`.paper`.
+:mod:`.paper`. Their networks' keyword arguments, as in the official configs, are the tables of
+:mod:`.networks_ncsnpp` (NCSN++ / DDPM++) and :mod:`.networks_baselines` (DDPM, NCSN, NCSNv2).
 """
 
 from __future__ import annotations
