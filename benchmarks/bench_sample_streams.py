@@ -48,9 +48,13 @@ def main() -> None:
 
     ratios, times = [], {"shared": [], "streams": []}
     with torch.no_grad():
-        for _ in range(a.rounds):
-            t_shared = median_seconds(shared, repeats=1, warmup=1)
-            t_streams = median_seconds(streams, repeats=1, warmup=1)
+        for r in range(a.rounds):  # alternate which goes first
+            if r % 2:
+                t_streams = median_seconds(streams, repeats=1, warmup=1)
+                t_shared = median_seconds(shared, repeats=1, warmup=1)
+            else:
+                t_shared = median_seconds(shared, repeats=1, warmup=1)
+                t_streams = median_seconds(streams, repeats=1, warmup=1)
             times["shared"].append(t_shared)
             times["streams"].append(t_streams)
             ratios.append(t_streams / t_shared)

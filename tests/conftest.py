@@ -36,6 +36,19 @@ def reference_path():
     return path
 
 
+@pytest.fixture
+def official_checkpoint(reference_path, tmp_path):
+    """The official two-step NCSN++ checkpoint with its config beside it, copied to tmp_path."""
+    import shutil
+
+    src = tmp_path / "official.pth"
+    shutil.copy(reference_path("ncsnpp_ve_nf8_checkpoint.pth"), src)
+    shutil.copy(
+        reference_path("ncsnpp_ve_nf8_checkpoint.config.json"), tmp_path / "official.config.json"
+    )
+    return src
+
+
 @pytest.fixture(scope="session")
 def sde_reference(reference_path):
     """``sde.pt``: the official SDE outputs on fixed inputs (see shared/reference/README.md)."""

@@ -1,7 +1,6 @@
 """Official checkpoints become scoresde runs: same network outputs, usable by the CLI."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -20,13 +19,8 @@ from scoresde.runs import load_trained
 
 
 @pytest.fixture
-def official(reference_path, tmp_path):
-    """The official two-step NCSN++ checkpoint and its config, copied next to each other."""
-    src = tmp_path / "official.pth"
-    shutil.copy(reference_path("ncsnpp_ve_nf8_checkpoint.pth"), src)
-    shutil.copy(reference_path("ncsnpp_ve_nf8_checkpoint.config.json"),
-                tmp_path / "official.config.json")
-    return src
+def official(official_checkpoint):
+    return official_checkpoint
 
 
 def test_config_from_official_reads_every_section(official):

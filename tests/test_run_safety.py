@@ -50,12 +50,8 @@ def moons_copy(moons_run, tmp_path):
 
 
 @pytest.fixture
-def official(reference_path, tmp_path):
-    src = tmp_path / "official.pth"
-    shutil.copy(reference_path("ncsnpp_ve_nf8_checkpoint.pth"), src)
-    shutil.copy(reference_path("ncsnpp_ve_nf8_checkpoint.config.json"),
-                tmp_path / "official.config.json")
-    return src
+def official(official_checkpoint):
+    return official_checkpoint
 
 
 # ---- never damage an existing run ---------------------------------------------------------

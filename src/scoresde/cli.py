@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 EXAMPLES = {
-    "demo": "example: scoresde demo --sde subvp --out runs/demo --steps 4000",
+    "demo": "example: scoresde demo --sde subvp --out runs/demo --steps 1800",
     "train": "example: scoresde train --preset toy_moons --out runs/moons --set train.steps=2000",
     "sample": "example: scoresde sample --checkpoint runs/demo/checkpoint.safetensors "
     "--out runs/samples --method ode --num-samples 64",
@@ -35,9 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 TRAIN_NOTES = """\
 resume: running the same command again continues the run in --out from its checkpoint,
-  bit-exactly. Only train.steps, train.minutes, train.log_every, train.checkpoint_every and the
-  device may change on resume (e.g. --steps 8000 trains further); any other change of the config
-  is refused: use a new --out, or --overwrite to discard the old run.
+  bit-exactly. Only train.steps, train.minutes, train.log_every, train.checkpoint_every,
+  train.sample_every and the device may change on resume (e.g. --steps 8000 trains further);
+  any other change of the config is refused: use a new --out, or --overwrite to discard it.
 interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and exits with status
   130 / 143; a second Ctrl-C stops at once (the last checkpoint stays intact).
 reproducible: the initial weights, data order, noise and dropout all come from the config's seed
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
-    d.add_argument("--steps", type=int, help="training steps (default: the preset's 4000)")
+    d.add_argument("--steps", type=int, help="training steps (default: 1800)")
     d.add_argument(
         "--minutes", type=float, help="optional cap on training wall time (default: none)"
     )
@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--batch-size",
         type=int,
-        help="samples per batch (default: sample.batch_size); samples do not depend on it",
+        help="samples per batch (default: sample.batch_size); sample i draws from its own "
+        "stream, so samples do not depend on it (but the batch-mean langevin corrector "
+        "couples a batch: sample.corrector=langevin_per_example does not)",
     )
     runtime(s, "sample.num_steps=500")
     overwrite(s, "samples")

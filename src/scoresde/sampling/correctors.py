@@ -24,6 +24,26 @@ def _norms(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1)
 
 
+def _langevin_step(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    snr: float,
+    generator: torch.Generator | None,
+    *,
+    per_example: bool,
+) -> tuple[Tensor, Tensor]:
+    score = score_fn(x, t)
+    noise = randn_like(x, generator)
+    noise_norm, score_norm = _norms(noise), _norms(score)
+    if not per_example:
+        noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
+    step = append_dims(2 * (snr * noise_norm / score_norm) ** 2 * sde.langevin_alpha(t), x.ndim)
+    x_mean = x + step * score
+    return x_mean + torch.sqrt(2 * step) * noise, x_mean
+
+
 def langevin(
     sde: SDE,
     score_fn: ScoreFn,
@@ -41,12 +61,7 @@ def langevin(
     place where the examples of a batch interact, so with this corrector a sample depends
     (slightly) on its batch. :func:`langevin_per_example` uses each example's own norms.
     """
-    score = score_fn(x, t)
-    noise = randn_like(x, generator)
-    step = 2 * (snr * _norms(noise).mean() / _norms(score).mean()) ** 2
-    step = append_dims(step * sde.langevin_alpha(t), x.ndim)
-    x_mean = x + step * score
-    return x_mean + torch.sqrt(2 * step) * noise, x_mean
+    return _langevin_step(sde, score_fn, x, t, snr, generator, per_example=False)
 
 
 def langevin_per_example(
@@ -65,12 +80,7 @@ def langevin_per_example(
     not depend on the batch size. In very low dimension (2-D toys) the per-example norm of the
     noise fluctuates and biases the chain: use ``langevin`` or ``ald`` there.
     """
-    score = score_fn(x, t)
-    noise = randn_like(x, generator)
-    step = 2 * (snr * _norms(noise) / _norms(score)) ** 2
-    step = append_dims(step * sde.langevin_alpha(t), x.ndim)
-    x_mean = x + step * score
-    return x_mean + torch.sqrt(2 * step) * noise, x_mean
+    return _langevin_step(sde, score_fn, x, t, snr, generator, per_example=True)
 
 
 def annealed_langevin(
