@@ -1,5 +1,6 @@
 """The training loop: it learns, it checkpoints, and it resumes bit-exactly."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -201,3 +202,16 @@ def test_hooks_see_every_step_and_sample_grids_are_written(tmp_path):
         grid = tmp_path / "samples" / f"step_{step:07d}"
         assert grid.with_suffix(".png").exists()
         assert np.isfinite(np.load(grid.with_suffix(".npy"))).all()
+
+
+def test_evaluation_hook_appends_the_test_likelihood(tmp_path):
+    cfg = _tiny(4, **{"train.eval_every": 2, "eval.num_examples": 16, "eval.rtol": 1e-3,
+                      "eval.atol": 1e-3})
+    train(cfg, tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert all(line["num_examples"] == 16 and 0 < line["nll_nats"] < 20 for line in lines)
+    # Resuming with more steps appends, never rewrites.
+    train(apply_overrides(cfg, ["train.steps=6"]), tmp_path, progress=False)
+    text = (tmp_path / "eval.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in text.splitlines()] == [2, 4, 6]

@@ -36,8 +36,9 @@ class _Parser(argparse.ArgumentParser):
 TRAIN_NOTES = """\
 resume: running the same command again continues the run in --out from its checkpoint,
   bit-exactly. Only train.steps, train.minutes, train.log_every, train.checkpoint_every,
-  train.sample_every and the device may change on resume (e.g. --steps 8000 trains further);
-  any other change of the config is refused: use a new --out, or --overwrite to discard it.
+  train.sample_every, train.eval_every and the device may change on resume (e.g. --steps 8000
+  trains further); any other change of the config is refused: use a new --out, or --overwrite
+  to discard the old run.
 interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and exits with status
   130 / 143; a second Ctrl-C stops at once (the last checkpoint stays intact).
 reproducible: the initial weights, data order, noise and dropout all come from the config's seed

@@ -133,7 +133,8 @@ class TrainConfig:
 
     Training stops after ``steps`` steps or ``minutes`` of wall time (0: no time limit);
     ``grad_clip`` < 0 disables clipping, ``warmup`` 0 disables warmup. ``sample_every`` > 0
-    writes a grid of EMA samples to ``<run>/samples/`` every so many steps.
+    writes a grid of EMA samples to ``<run>/samples/`` every so many steps, ``eval_every`` > 0
+    the test likelihood of the EMA model to ``<run>/eval.jsonl``.
     """
 
     steps: int = 4000
@@ -152,6 +153,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     sample_every: int = 0
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -165,6 +167,7 @@ class TrainConfig:
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _check(self.sample_every >= 0, "train.sample_every must be >= 0")
+        _check(self.eval_every >= 0, "train.eval_every must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.checkpoint_every",
         "train.sample_every",
+        "train.eval_every",
         "device",
     }
 )
 """Config keys that may differ between a run and the command that resumes it: how long it runs,
-how often it logs, checkpoints and draws sample grids, and where it runs. Everything else must
-be equal."""
+how often it logs, checkpoints, draws sample grids and evaluates, and where it runs.
+Everything else must be equal."""
 
 
 class OutputExistsError(ValueError):

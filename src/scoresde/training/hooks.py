@@ -9,6 +9,7 @@ or an interrupt). Hooks act every so many steps; the loop knows nothing of them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from scoresde.config import Config, config_to_dict
 from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data
 from scoresde.sampling import sample
 from scoresde.sdes import SDE
-from scoresde.seeding import SampleStreams, global_rng_state
+from scoresde.seeding import SampleStreams, derive_seed, global_rng_state
 from scoresde.training.state import TrainState
 
 Hook = Callable[[TrainState, Tensor, bool], None]
@@ -113,3 +114,34 @@ class SampleGrid:
             save_image_grid(x, name.with_suffix(".png"), nrow=8)
         else:
             save_scatter(x, name.with_suffix(".png"), title=f"step {state.step}")
+
+
+class Evaluation:
+    """Every ``every`` steps, the test-split negative log-likelihood of the EMA model (bits/dim
+    for images, nats for vectors; ``eval.*`` settings, e.g. ``eval.num_examples``), appended as
+    one JSON line ``{"step": N, "bpd" | "nll_nats": value, "nfe": ...}`` to ``path``.
+
+    It uses its own generator (seeded by the config's seed and the step), so it draws nothing
+    from the training streams; ``results`` keeps the lines of this call.
+    """
+
+    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
+        from scoresde.data.pipeline import load_split
+
+        self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
+        self.data = load_split(cfg.data, "test", limit=cfg.eval.num_examples)
+        self.results: list[dict] = []
+
+    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+        if state.step % self.every:
+            return
+        from scoresde.runs import TrainedModel, evaluate_likelihood
+
+        device = next(state.model.parameters()).device
+        run = TrainedModel(self.cfg, self.sde, state.ema.shadow, device, state.step)
+        result = evaluate_likelihood(run, self.data, seed=derive_seed(self.cfg.seed, state.step))
+        result.pop("per_example")
+        line = {"step": state.step, **result}
+        self.results.append(line)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")

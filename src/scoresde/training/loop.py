@@ -38,7 +38,7 @@ from scoresde.rundir import (
 from scoresde.sdes import SDE
 from scoresde.seeding import derive_seed, private_global_rng, stream
 from scoresde.training.ema import EMA
-from scoresde.training.hooks import Checkpointer, Hook, LossLog, SampleGrid
+from scoresde.training.hooks import Checkpointer, Evaluation, Hook, LossLog, SampleGrid
 from scoresde.training.optim import make_optimizer
 from scoresde.training.state import TrainState, conditional, train_step
 
@@ -99,7 +99,8 @@ def train(
 
     The loop itself only draws batches and calls :func:`train_step`; logging, checkpoints
     (every ``train.checkpoint_every`` steps and at the end), periodic sample grids
-    (``train.sample_every``) and the caller's own ``hooks`` run after each step
+    (``train.sample_every``), test likelihoods (``train.eval_every``, to ``eval.jsonl``) and
+    the caller's own ``hooks`` run after each step
     (:mod:`scoresde.training.hooks`).
 
     Raises:
@@ -143,6 +144,8 @@ def train(
     all_hooks: list[Hook] = [log, checkpointer]
     if tc.sample_every:
         all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
+    if tc.eval_every:
+        all_hooks.append(Evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
     all_hooks += list(hooks)
 
     stopped_by = "steps"
