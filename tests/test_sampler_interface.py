@@ -204,5 +204,16 @@ def test_cli_unknown_method_is_one_line(toy_run, tmp_path, capsys):
 def test_sample_method_from_the_config(toy_run, tmp_path, capsys):
     code = main(["sample", "--checkpoint", str(toy_run / "checkpoint.safetensors"),
                  "--out", str(tmp_path / "s"), "--num-samples", "4", "--no-progress",
-                 "--threads", "1", "--set", "sample.method=ode"])
+                 "--threads", "1", "--set", "sample.method=ode", "--seed", "9"])
     assert code == 0 and json.loads(capsys.readouterr().out)["method"] == "ode"
+    # The samples' folder records the sampler, its options and the seed that made them.
+    used = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (used["sample"]["method"], used["sample"]["num_samples"], used["seed"]) == ("ode", 4, 9)
+
+
+def test_the_method_flag_wins_over_a_set_method(toy_run, tmp_path, capsys):
+    code = main(["sample", "--checkpoint", str(toy_run / "checkpoint.safetensors"),
+                 "--out", str(tmp_path / "s"), "--num-samples", "2", "--no-progress",
+                 "--threads", "1", "--set", "sample.method=ode", "--method", "pc",
+                 "--set", "sample.num_steps=3", "--set", "sample.batch_size=1"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["pc_steps"] == 3

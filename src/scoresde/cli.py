@@ -279,8 +279,11 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_sample(a) -> int:
+    from dataclasses import replace
+
     import numpy as np
 
+    from scoresde.config import save_config
     from scoresde.rundir import atomic_write, check_output_dir
     from scoresde.runs import generate, load_trained
     from scoresde.sampling import check_sampler
@@ -291,21 +294,32 @@ def _cmd_sample(a) -> int:
         _check_count("--batch-size", a.batch_size, 1)
     if a.method is not None:
         check_sampler(a.method)
-    check_output_dir(a.out, ["samples.npy", "samples.png"], overwrite=a.overwrite, what="samples")
+    outputs = ["samples.npy", "samples.png", "config.json"]
+    check_output_dir(a.out, outputs, overwrite=a.overwrite, what="samples")
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
-    method = a.method or opts.pop("method", None)
-    batch_size = a.batch_size or opts.pop("batch_size", run.cfg.sample.batch_size)
+    method = opts.pop("method", None)
+    method = a.method or method
+    batch_size = opts.pop("batch_size", run.cfg.sample.batch_size)
+    batch_size = a.batch_size or batch_size
     tune_batch = min(batch_size, a.num_samples)
     _set_threads(a, run.device, lambda: run.score_fn, run.shape, tune_batch, backward=False)
+    seed = run.cfg.seed if a.seed is None else a.seed
     samples, info = generate(
         run,
         a.num_samples,
         method=method,
-        seed=run.cfg.seed if a.seed is None else a.seed,
+        seed=seed,
         batch_size=batch_size,
         progress=not a.no_progress,
         **opts,
+    )
+    used = replace(
+        run.cfg.sample,
+        **opts,
+        method=info["method"],
+        batch_size=batch_size,
+        num_samples=a.num_samples,
     )
     a.out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -315,6 +329,7 @@ def _cmd_sample(a) -> int:
         save_image_grid(samples, a.out / "samples.png", nrow=8)
     else:
         save_scatter(samples, a.out / "samples.png", title=f"{info['method']} samples")
+    save_config(replace(run.cfg, seed=seed, sample=used), a.out / "config.json")
     summary = {"out": str(a.out), "num_samples": a.num_samples, "checkpoint_step": run.step}
     print(json.dumps({**summary, **info}))
     return 0
