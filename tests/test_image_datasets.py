@@ -279,8 +279,7 @@ def test_lsun_lmdb_and_folder(tmp_path, lsun_images):
     assert torch.equal(big[0], _lsun_expected(lsun_images[b"0f3c"], 128))
     restored = pickle.loads(pickle.dumps(ds))
     assert torch.equal(restored[1], ds[1])
-    gen = torch.Generator().manual_seed(0)
-    batch = next(image_batches(ds, 2, generator=gen, random_flip=False, num_workers=1))
+    batch = next(image_batches(ds, 2, seed=0, random_flip=False, num_workers=1))
     assert all(any(torch.equal(img, ds[i]) for i in range(3)) for img in batch)
 
     _write_lmdb(tmp_path / "bedroom_val_lmdb", {b"k": _webp(lsun_images[b"a000"])})
@@ -417,7 +416,7 @@ def test_image_batches_shuffle_epochs_flips_and_labels(fake_cifar):
     mirrors = {ds.images[i].flip(-1).numpy().tobytes(): i for i in range(len(ds))}
 
     def take(seed, n, **kwargs):
-        it = image_batches(ds, 16, generator=torch.Generator().manual_seed(seed), **kwargs)
+        it = image_batches(ds, 16, seed=seed, **kwargs)
         return [next(it) for _ in range(n)]
 
     plain = take(0, 3, random_flip=False)
@@ -446,16 +445,16 @@ def test_image_batches_shuffle_epochs_flips_and_labels(fake_cifar):
 
     labeled = cifar10(tarball, split="test", with_labels=True)
     images, labels = next(
-        image_batches(labeled, 4, generator=torch.Generator().manual_seed(0), random_flip=False)
+        image_batches(labeled, 4, seed=0, random_flip=False)
     )
     assert images.shape == (4, 3, 32, 32) and labels.shape == (4,) and labels.dtype == torch.int64
     for img, y in zip(images, labels, strict=True):
         i = next(j for j in range(PER_BATCH) if torch.equal(labeled[j][0], img))
         assert labeled.labels[i] == y
     with pytest.raises(ValueError, match="yields no batch of 64"):
-        next(image_batches(labeled, 64, generator=torch.Generator(), random_flip=False))
+        next(image_batches(labeled, 64, seed=0, random_flip=False))
     partial = image_batches(
-        labeled, 4, generator=torch.Generator(), random_flip=False, drop_last=False
+        labeled, 4, seed=0, random_flip=False, drop_last=False
     )
     assert [len(next(partial)[0]) for _ in range(4)] == [4, 4, 2, 4]
 
@@ -465,7 +464,23 @@ def test_image_batches_with_workers(nested_folder):
     ds = image_folder(root, image_size=8)
     assert isinstance(ds, ImageFileDataset)
     kwargs = {"random_flip": True, "num_workers": 2}
-    a = image_batches(ds, 3, generator=torch.Generator().manual_seed(5), **kwargs)
-    b = image_batches(ds, 3, generator=torch.Generator().manual_seed(5), **kwargs)
+    a = image_batches(ds, 3, seed=5, **kwargs)
+    b = image_batches(ds, 3, seed=5, **kwargs)
     for _ in range(3):
         assert torch.equal(next(a), next(b))
+
+
+def test_image_batches_resume_at_any_batch(fake_cifar):
+    """Batch k depends on the seed and k only: start=k continues a run exactly, across epochs
+    and with flips and workers."""
+    _, tarball, _ = fake_cifar
+    ds = cifar10(tarball, split="train", with_labels=True)
+    per_epoch = len(ds) // 16
+    straight = image_batches(ds, 16, seed=3, random_flip=True)
+    batches = [next(straight) for _ in range(per_epoch + 3)]
+    for k in (1, per_epoch - 1, per_epoch + 1):
+        resumed = image_batches(ds, 16, seed=3, random_flip=True, start=k, num_workers=k % 2)
+        for expected in batches[k:k + 2]:
+            images, labels = next(resumed)
+            assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+    assert not torch.equal(batches[0][0], batches[per_epoch][0])  # the next epoch reshuffles

@@ -47,3 +47,27 @@ def test_wrong_dataset_root_names_the_path(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_image_training_resumes_bit_exactly(fake_cifar10_tarball, tmp_path):
+    """The data position (one batch per step), the flips and the noise streams all continue:
+    3 + 3 steps give the weights of 6 straight steps, across an epoch boundary."""
+    import torch
+
+    from scoresde.checkpoint import load_checkpoint
+
+    small = [f"data.root={fake_cifar10_tarball}", *SHRINK, "model.nf=8", "train.batch_size=16",
+             "data.random_flip=true"]
+
+    def run(out, steps):
+        argv = ["train", "--preset", "ve_cifar10_ncsnpp_continuous", "--out", str(out),
+                "--no-progress", "--threads", "1", *_set([*small, f"train.steps={steps}"])]
+        assert main(argv) == 0
+        return load_checkpoint(out / "checkpoint.safetensors")
+
+    straight = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    resumed = run(tmp_path / "b", 6)
+    assert resumed.step == straight.step == 6
+    for key, value in straight.model.items():
+        assert torch.equal(value, resumed.model[key]), key

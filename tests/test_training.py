@@ -176,7 +176,7 @@ def test_train_step_passes_the_labels_on():
         return net(x)
 
     state = TrainState(net, score_model, EMA(net, 0.9), torch.optim.SGD(net.parameters(), 0.1),
-                       0, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+                       0, torch.Generator().manual_seed(0))
     labels = torch.tensor([3, 1])
     loss_fn = lambda score_fn, x0, g: score_fn(x0, torch.zeros(2)).square().sum(1)  # noqa: E731
     train_step(state, Batch(torch.ones(2, 2), labels), loss_fn, _tiny(1).train)

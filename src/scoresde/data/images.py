@@ -46,6 +46,7 @@ from scoresde.data.image_formats import (
     square_preprocess,
 )
 from scoresde.data.transforms import random_horizontal_flip
+from scoresde.seeding import stream
 
 IMAGE_DATASETS = ("cifar10", "celeba", "lsun", "celebahq", "ffhq", "folder")
 CELEBA_PARTITIONS = {"train": 0, "validation": 1, "test": 2}
@@ -268,23 +269,29 @@ def image_batches(
     dataset: Dataset,
     batch_size: int,
     *,
-    generator: torch.Generator,
+    seed: int,
     random_flip: bool,
     drop_last: bool = True,
     num_workers: int = 0,
+    start: int = 0,
 ) -> Iterator[Item]:
     """Shuffled minibatches for training, forever: epoch after epoch, reshuffled each epoch.
 
-    The shuffle order and the flips are drawn from ``generator`` (CPU), so a seeded generator
-    gives the same batches every run (also with workers: their base seed comes from it too).
+    Batch ``k`` (counting from 0 over all epochs) is a function of ``seed`` and ``k`` only: epoch
+    ``e``'s order is a permutation drawn from the stream ``(seed, "epoch", e)`` and batch ``k``'s
+    flips from ``(seed, "flip", k)``. So ``start=k`` continues exactly where a run that had
+    taken ``k`` batches stopped, without reading the skipped images (a resumed training run
+    passes its step). Workers get their seeds from ``seed`` as well.
 
     Args:
         dataset: items are images ``(C, H, W)`` or ``(image, label)`` pairs.
+        seed: the data seed (e.g. ``derive_seed(cfg.seed, "data")``).
         random_flip: flip each image horizontally with probability 1/2
             (:func:`scoresde.data.transforms.random_horizontal_flip`).
         drop_last: skip each epoch's last incomplete batch (all batches are then ``batch_size``).
         num_workers: ``DataLoader`` worker processes (0 decodes in this process); workers
             persist across epochs.
+        start: the index of the first batch to yield.
 
     Yields:
         Float32 ``(B, C, H, W)`` in ``[0, 1]``, or ``(images, labels (B,) int64)`` for pairs.
@@ -294,19 +301,41 @@ def image_batches(
         raise ValueError(
             f"a dataset of {n} images yields no batch of {batch_size} (drop_last={drop_last})"
         )
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    sampler = _EpochBatches(n, batch_size, seed=seed, drop_last=drop_last, start=start)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=drop_last,
+        batch_sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        generator=stream(seed, "workers"),
     )
-    while True:
-        for batch in loader:
-            if isinstance(batch, (list, tuple)):
-                images, labels = batch
-                yield (random_horizontal_flip(images, generator) if random_flip else images, labels)
-            else:
-                yield random_horizontal_flip(batch, generator) if random_flip else batch
+    return _flipped(loader, seed, start, random_flip)
+
+
+def _flipped(loader: DataLoader, seed: int, start: int, random_flip: bool) -> Iterator[Item]:
+    for k, batch in enumerate(loader, start=start):
+        flip = stream(seed, "flip", k) if random_flip else None
+        if isinstance(batch, (list, tuple)):
+            images, labels = batch
+            yield (random_horizontal_flip(images, flip) if random_flip else images, labels)
+        else:
+            yield random_horizontal_flip(batch, flip) if random_flip else batch
+
+
+class _EpochBatches:
+    """An endless batch sampler: the index lists of batches ``start, start + 1, ...``."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, drop_last: bool, start: int):
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, position = divmod(self.start, self.per_epoch)
+        while True:
+            order = torch.randperm(self.n, generator=stream(self.seed, "epoch", epoch)).tolist()
+            for b in range(position, self.per_epoch):
+                yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            epoch, position = epoch + 1, 0
+

@@ -6,6 +6,7 @@ dequantized (optional) and centred to ``[-1, 1]`` (optional). Toy 2-D data is us
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from scoresde.config import DataConfig
 from scoresde.data.images import IMAGE_DATASETS, image_batches, load_image_dataset
 from scoresde.data.toy import TOY_DATASETS, sample_toy
 from scoresde.data.transforms import center, uncenter, uniform_dequantize
+from scoresde.seeding import stream
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
 DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
@@ -90,14 +92,21 @@ LABELED_DATASETS = ("digits", "cifar10")
 
 
 def train_batches(
-    cfg: DataConfig, batch_size: int, *, generator: torch.Generator, with_labels: bool = False
+    cfg: DataConfig,
+    batch_size: int,
+    *,
+    seed: int,
+    start: int = 0,
+    with_labels: bool = False,
 ) -> Iterator[Batch]:
-    """Endless shuffled training batches in data scale, drawn with ``generator`` (CPU).
+    """Endless shuffled training batches in data scale: batch ``k`` depends on ``seed`` and
+    ``k`` only, so ``start=k`` resumes a run that has taken ``k`` batches exactly.
 
     The dataset is opened here, so a missing or corrupt one fails before training starts.
-    In-memory data (digits, toys) is sampled with replacement; image datasets are read epoch
-    by epoch in a random order, with random flips if set (``data.images.image_batches``).
-    ``with_labels`` attaches the class labels (digits and CIFAR-10 have them).
+    In-memory data (digits, toys) is sampled with replacement (batch ``k``'s indices from the
+    stream ``(seed, "batch", k)``); image datasets are read epoch by epoch in a random order,
+    with random flips if set (:func:`scoresde.data.images.image_batches`). ``with_labels``
+    attaches the class labels (digits and CIFAR-10 have them).
     """
     if with_labels and cfg.dataset not in LABELED_DATASETS:
         raise ValueError(
@@ -108,7 +117,8 @@ def train_batches(
         batches = image_batches(
             _image_dataset(cfg, "train", with_labels=with_labels),
             batch_size,
-            generator=generator,
+            seed=seed,
+            start=start,
             random_flip=cfg.random_flip,
             num_workers=cfg.num_workers,
         )
@@ -119,15 +129,15 @@ def train_batches(
         images, labels, _, _ = load_digits_labeled_split(
             test_fraction=cfg.test_fraction, seed=cfg.split_seed
         )
-        return _resampled(images, labels, batch_size, generator)
-    return _resampled(load_split(cfg, "train"), None, batch_size, generator)
+        return _resampled(images, labels, batch_size, seed, start)
+    return _resampled(load_split(cfg, "train"), None, batch_size, seed, start)
 
 
 def _resampled(
-    data: Tensor, labels: Tensor | None, batch_size: int, generator: torch.Generator
+    data: Tensor, labels: Tensor | None, batch_size: int, seed: int, start: int
 ) -> Iterator[Batch]:
-    while True:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
+    for k in itertools.count(start):
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=stream(seed, "batch", k))
         yield Batch(data[idx], labels[idx] if labels is not None else None)
 
 

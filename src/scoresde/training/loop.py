@@ -115,13 +115,17 @@ def train(
     sde = build_sde(cfg.sde)
     state = create_state(cfg, sde, device)
     loss_fn = build_loss(cfg, sde)
-    batches = train_batches(
-        cfg.data, tc.batch_size, generator=state.data_order, with_labels=conditional(cfg)
-    )
     checkpointer = Checkpointer(workdir / CHECKPOINT_NAME, cfg, tc.checkpoint_every, device)
     global_state = None
     if previous is not None:
         global_state = _restore(previous, state)
+    batches = train_batches(
+        cfg.data,
+        tc.batch_size,
+        seed=derive_seed(cfg.seed, "data"),
+        start=state.step,  # the data position: one batch per step
+        with_labels=conditional(cfg),
+    )
     first_step = state.step
     if state.step >= tc.steps:
         state.model.eval()
@@ -184,7 +188,7 @@ def train(
 
 
 def create_state(cfg: Config, sde: SDE, device: torch.device) -> TrainState:
-    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam, streams."""
+    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam, noise."""
     model = build_model(cfg).to(device)
     return TrainState(
         model=model,
@@ -193,7 +197,6 @@ def create_state(cfg: Config, sde: SDE, device: torch.device) -> TrainState:
         optimizer=make_optimizer(model.parameters(), cfg.train),
         step=0,
         noise=stream(cfg.seed, "noise", device=device),
-        data_order=stream(cfg.seed, "data"),
     )
 
 

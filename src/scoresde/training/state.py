@@ -37,7 +37,6 @@ class TrainState:
         step: optimisation steps taken so far.
         noise: the generator of the loss's time and noise draws and of dequantization (on the
             training device).
-        data_order: the generator of the data order (CPU, as data loaders need).
     """
 
     model: nn.Module
@@ -46,18 +45,15 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     step: int
     noise: torch.Generator
-    data_order: torch.Generator
 
     def rng_state(self) -> dict[str, list[int]]:
-        """The two generators' states as JSON-able lists (for the checkpoint)."""
-        noise, data = self.noise.get_state(), self.data_order.get_state()
-        return {"noise": noise.tolist(), "data": data.tolist()}
+        """The noise generator's state as a JSON-able list (for the checkpoint)."""
+        return {"noise": self.noise.get_state().tolist()}
 
     def load_rng_state(self, state: dict[str, list[int]]) -> None:
-        """Inverse of :meth:`rng_state` (missing entries keep their fresh seeds)."""
-        for generator, name in ((self.noise, "noise"), (self.data_order, "data")):
-            if name in state:
-                generator.set_state(torch.tensor(state[name], dtype=torch.uint8))
+        """Inverse of :meth:`rng_state` (a missing entry keeps its fresh seed)."""
+        if "noise" in state:
+            self.noise.set_state(torch.tensor(state["noise"], dtype=torch.uint8))
 
 
 def warmup_lr(step: int, lr: float, warmup: int) -> float:
