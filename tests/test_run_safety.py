@@ -245,3 +245,15 @@ def test_config_differences_ignore_bookkeeping_and_summaries_stay_short():
     text = describe_differences(many, {}, config_differences(many, {}))
     assert text.endswith("and 7 more (10 keys)")
     assert summarize([str(i) for i in range(500)]) == "0, 1, 2 and 497 more"
+
+
+def test_loading_and_sampling_leave_the_global_rng_alone(moons_run, tmp_path, capsys):
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    assert main(["sample", "--checkpoint", str(moons_run / "checkpoint.safetensors"), "--out",
+                 str(tmp_path / "s"), "--num-samples", "3", "--no-progress", "--threads", "1",
+                 "--set", "sample.num_steps=2"]) == 0
+    assert main(["likelihood", "--checkpoint", str(moons_run / "checkpoint.safetensors"),
+                 "--num-examples", "4", "--no-progress", "--threads", "1",
+                 "--set", "eval.rtol=1e-2", "--set", "eval.atol=1e-2"]) == 0
+    assert torch.equal(torch.get_rng_state(), state)

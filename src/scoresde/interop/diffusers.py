@@ -68,6 +68,7 @@ from scoresde.interop.diffusers_config import (
     ncsnpp_kwargs_from_diffusers,
 )
 from scoresde.nn.ncsnpp import NCSNpp
+from scoresde.seeding import private_global_rng
 
 __all__ = [
     "WEIGHT_FILES",
@@ -269,7 +270,8 @@ def load_diffusers_ncsnpp(
     kwargs = ncsnpp_kwargs_from_diffusers(
         config, sigma_min=sigma_min, sigma_max=sigma_max, num_scales=num_scales
     )
-    model = NCSNpp(**kwargs)
+    with private_global_rng(0):  # the initial weights are replaced; the caller's RNG is untouched
+        model = NCSNpp(**kwargs)
     _checked_layout(model, config)  # refuse before reading the weights
     sd = _to_ncsnpp(model, config, _load_weights(model_dir))
     model.load_state_dict(sd, strict=True)
