@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.training.ema import EMA, ema_model_state_dict
+from scoresde.checkpoint import ema_model_state_dict
+from scoresde.training.ema import EMA
 
 
 def _linear(w: float, b: float) -> nn.Linear:

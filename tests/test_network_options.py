@@ -8,14 +8,20 @@ from dataclasses import fields
 
 import pytest
 
-from scoresde.build import _CONTEXT, MODELS, Option, build_model, network_definition
+from scoresde.build import (
+    _CONTEXT,
+    MODELS,
+    Option,
+    build_model,
+    model_config_from_network,
+    network_definition,
+)
 from scoresde.config import (
     Config,
     ConfigError,
     DataConfig,
     ModelConfig,
     SDEConfig,
-    model_config_from_network,
 )
 from scoresde.data.pipeline import data_shape
 from scoresde.presets import networks_baselines, networks_ncsnpp

@@ -233,6 +233,26 @@ MODELS: dict[str, Network] = {
 """Each architecture (``ModelConfig.name``) and how a config fills its constructor."""
 
 
+def model_config_from_network(
+    name: str, kwargs: dict[str, Any], *, continuous: bool, **changes: Any
+) -> ModelConfig:
+    """A :class:`ModelConfig` from the keyword arguments of network ``name``'s class (a network
+    preset of :mod:`scoresde.presets`, or an official config's network).
+
+    Every key must be a parameter of that class's constructor (:data:`MODELS`, checked with
+    ``inspect.signature``). Those held by model fields become the fields (NCSNv2's ``variant``
+    is ``ncsnv2_variant``, ``num_classes=None`` is 0); those that belong to the data and SDE
+    configs (image size, channels, ``centered``, the noise scales and their number) are dropped.
+    ``changes`` override individual kwargs first.
+
+    Raises:
+        ConfigError: an unknown model, or a key the network does not take (unknown, misspelt, or
+            another network's option), named in a one-line message.
+    """
+    values = network_definition(name).model_fields(name, {**kwargs, **changes})
+    return ModelConfig(name=name, continuous=continuous, **values)
+
+
 def network_definition(name: str) -> Network:
     """``MODELS[name]``; ``ConfigError`` (a ``ValueError``) listing the choices otherwise."""
     if name not in MODELS:

@@ -41,6 +41,10 @@ _OPTIM_STATE = "optim.state."
 _OPTIM_GROUPS = "optim.param_groups."
 
 
+EMA_SHADOW_PREFIX = "shadow."
+"""Prefix of the averaged model's weights in an EMA state dict (``EMA.state_dict``)."""
+
+
 class CheckpointError(Exception):
     """A checkpoint file is missing, unreadable, corrupt, or not a scoresde checkpoint."""
 
@@ -155,6 +159,14 @@ def load_checkpoint(
         )
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise CheckpointError(f"corrupt checkpoint metadata: {path}: {_one_line(err)}") from err
+
+
+def ema_model_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The averaged model's own ``state_dict`` inside an EMA state dict (e.g. a checkpoint's
+    ``ema``, written by :meth:`scoresde.training.ema.EMA.state_dict`), ready for
+    ``model.load_state_dict`` on a fresh model."""
+    n = len(EMA_SHADOW_PREFIX)
+    return {k[n:]: v for k, v in state_dict.items() if k.startswith(EMA_SHADOW_PREFIX)}
 
 
 def _check_format(path: Path, metadata: dict[str, str]) -> None:

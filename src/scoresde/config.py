@@ -1,8 +1,7 @@
 """Typed run configuration: frozen dataclasses, ``key=value`` overrides, JSON round trips.
 
 A run's resolved config is saved as ``config.json`` next to its checkpoint; presets live in
-:mod:`scoresde.presets`. This module imports no torch (only :func:`model_config_from_network`
-does, when called, to read the networks' constructors).
+:mod:`scoresde.presets`. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -103,28 +102,6 @@ class ModelConfig:
     nonlinearity: str = "swish"
     num_classes: int = 0
     ncsnv2_variant: int = 0
-
-
-def model_config_from_network(
-    name: str, kwargs: dict[str, Any], *, continuous: bool, **changes: Any
-) -> ModelConfig:
-    """A :class:`ModelConfig` from the keyword arguments of network ``name``'s class (a network
-    preset of :mod:`scoresde.presets`, or an official config's network).
-
-    Every key must be a parameter of that class's constructor (``scoresde.build.MODELS[name]``,
-    checked with ``inspect.signature``). Those held by model fields become the fields (NCSNv2's
-    ``variant`` is ``ncsnv2_variant``, ``num_classes=None`` is 0); those that belong to the data
-    and SDE configs (image size, channels, ``centered``, the noise scales and their number) are
-    dropped. ``changes`` override individual kwargs first.
-
-    Raises:
-        ConfigError: an unknown model, or a key the network does not take (unknown, misspelt, or
-            another network's option), named in a one-line message.
-    """
-    from scoresde.build import network_definition  # imports torch, so only when called
-
-    values = network_definition(name).model_fields(name, {**kwargs, **changes})
-    return ModelConfig(name=name, continuous=continuous, **values)
 
 
 @dataclass(frozen=True)

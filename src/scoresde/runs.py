@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from scoresde.build import build_model, build_score_fn, build_sde, resolve_device, sampler_config
-from scoresde.checkpoint import CheckpointError, load_checkpoint
+from scoresde.checkpoint import CheckpointError, ema_model_state_dict, load_checkpoint
 from scoresde.config import Config, config_from_dict
 from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data, to_model_scale
 from scoresde.inverse import inpaint
@@ -24,7 +24,6 @@ from scoresde.sampling import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 from scoresde.seeding import SampleStreams
-from scoresde.training.ema import ema_model_state_dict
 
 
 @dataclass

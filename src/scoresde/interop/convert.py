@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoresde.build import build_model
+from scoresde.build import build_model, model_config_from_network
 from scoresde.checkpoint import save_checkpoint
 from scoresde.config import (
     Config,
@@ -28,7 +28,6 @@ from scoresde.config import (
     SDEConfig,
     TrainConfig,
     config_to_dict,
-    model_config_from_network,
     save_config,
 )
 from scoresde.interop.official import (

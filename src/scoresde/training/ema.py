@@ -15,7 +15,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-_SHADOW_PREFIX = "shadow."
+from scoresde.checkpoint import EMA_SHADOW_PREFIX, ema_model_state_dict
+
 _NUM_UPDATES_KEY = "num_updates"
 
 
@@ -71,7 +72,7 @@ class EMA:
 
         Being a plain ``dict[str, Tensor]``, it can be passed as ``ema=`` to ``save_checkpoint``.
         """
-        state = {_SHADOW_PREFIX + k: v for k, v in self.shadow.state_dict().items()}
+        state = {EMA_SHADOW_PREFIX + k: v for k, v in self.shadow.state_dict().items()}
         state[_NUM_UPDATES_KEY] = torch.tensor(self.num_updates, dtype=torch.int64)
         return state
 
@@ -81,10 +82,3 @@ class EMA:
             raise KeyError(f"EMA state dict has no {_NUM_UPDATES_KEY!r} entry")
         self.shadow.load_state_dict(ema_model_state_dict(state_dict))
         self.num_updates = int(state_dict[_NUM_UPDATES_KEY])
-
-
-def ema_model_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The averaged model's own ``state_dict`` inside an :meth:`EMA.state_dict` (e.g. a
-    checkpoint's ``ema``), ready for ``model.load_state_dict`` on a fresh model."""
-    n = len(_SHADOW_PREFIX)
-    return {k[n:]: v for k, v in state_dict.items() if k.startswith(_SHADOW_PREFIX)}
