@@ -36,6 +36,20 @@ def reference_path():
     return path
 
 
+class Recorder:
+    """A stand-in network: records what it is called with and returns ``3 x + 0.5`` (+ the
+    ``shift`` keyword, when given)."""
+
+    def __init__(self):
+        self.labels = []
+        self.kwargs = []
+
+    def __call__(self, x, labels, **kwargs):
+        self.labels.append(labels)
+        self.kwargs.append(kwargs)
+        return 3 * x + 0.5 + kwargs.get("shift", 0.0)
+
+
 @pytest.fixture
 def official_checkpoint(reference_path, tmp_path):
     """The official two-step NCSN++ checkpoint with its config beside it, copied to tmp_path."""

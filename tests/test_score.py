@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import Recorder
 from scoresde import VESDE, VPSDE, SubVPSDE, make_score_fn, tweedie_denoise
 from scoresde.data.mixture import GaussianMixture, mixture_score_fn
 
@@ -16,17 +17,6 @@ F64 = torch.float64
 BETA_MIN, BETA_MAX, N = 0.1, 20.0, 1000
 
 
-class Recorder:
-    """A stand-in network: records what it is called with and returns ``3 x + 0.5`` (+ kwargs)."""
-
-    def __init__(self):
-        self.labels = []
-        self.kwargs = []
-
-    def __call__(self, x, labels, **kwargs):
-        self.labels.append(labels)
-        self.kwargs.append(kwargs)
-        return 3 * x + 0.5 + kwargs.get("shift", 0.0)
 
 
 def alpha_bar(t):

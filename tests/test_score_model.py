@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import scoresde
+from conftest import Recorder
 from scoresde import SDE, VESDE, VPSDE, ScoreModel, SubVPSDE, make_score_fn, tweedie_denoise
 from scoresde.build import build_score_fn
 from scoresde.config import Config, apply_overrides
@@ -33,17 +34,6 @@ def sigma_ve(t, sigma_min=0.01, sigma_max=50.0):
     return sigma_min * (sigma_max / sigma_min) ** t
 
 
-class Recorder:
-    """A stand-in network: records its calls and returns ``3 x + 0.5`` (+ ``shift``)."""
-
-    def __init__(self):
-        self.labels = []
-        self.kwargs = []
-
-    def __call__(self, x, labels, **kwargs):
-        self.labels.append(labels)
-        self.kwargs.append(kwargs)
-        return 3 * x + 0.5 + kwargs.get("shift", 0.0)
 
 
 def _randomize(net: nn.Module, seed: int = 0) -> nn.Module:
