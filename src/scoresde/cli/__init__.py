@@ -1,0 +1,49 @@
+"""The ``scoresde`` command: thin shells over the library's public functions.
+
+Errors the user can fix print one line and exit with status 2; set ``SCORESDE_DEBUG=1`` to see
+the full traceback instead. :mod:`scoresde.cli.parser` holds the arguments,
+:mod:`scoresde.cli.commands` the subcommands.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from scoresde.cli.commands import COMMANDS
+from scoresde.cli.parser import build_parser
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scoresde`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from scoresde.checkpoint import CheckpointError
+    from scoresde.training.loop import TrainingInterruptedError
+
+    try:
+        if getattr(args, "threads", 0) < 0:
+            raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        return COMMANDS[args.command](args)
+    except TrainingInterruptedError as e:
+        print(f"scoresde {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except BrokenPipeError:  # e.g. `scoresde presets | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (CheckpointError, ValueError, OSError) as e:
+        if os.environ.get("SCORESDE_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        if len(message) > 400:  # a safety net: messages are written to be short
+            message = message[:397] + "..."
+        print(f"scoresde {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scoresde {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
