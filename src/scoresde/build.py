@@ -336,7 +336,6 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
         ),
         "ode": dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, eps=cfg.eps, denoise=cfg.denoise),
     }
-    check_sampler(method)
     options = fields.get(method, {})
     check_sampler(method, options)
     return method, options

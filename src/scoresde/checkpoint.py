@@ -130,21 +130,7 @@ def load_checkpoint(
             not a scoresde checkpoint. The message is one line and names the path.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            _check_format(path, metadata)
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-    except CheckpointError:
-        raise
-    except Exception as err:  # safetensors raises several types for malformed files
-        raise CheckpointError(
-            f"not a valid safetensors file (truncated or corrupt?): {path}: {_one_line(err)}"
-        ) from err
+    metadata, tensors = _read(path, tensors=True)
     try:
         optimizer = _join_optimizer(json.loads(metadata["optimizer"]), tensors)
         model = _strip(tensors, _MODEL, map_location)
@@ -167,6 +153,40 @@ def ema_model_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     ``model.load_state_dict`` on a fresh model."""
     n = len(EMA_SHADOW_PREFIX)
     return {k[n:]: v for k, v in state_dict.items() if k.startswith(EMA_SHADOW_PREFIX)}
+
+
+def checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run config stored in a checkpoint, read from its header only (no tensors loaded).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+    """
+    path = Path(path)
+    metadata, _ = _read(path, tensors=False)
+    try:
+        return json.loads(metadata["config"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"corrupt checkpoint metadata: {path}: {_one_line(err)}") from err
+
+
+def _read(path: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The checked header metadata of a checkpoint file and (if ``tensors``) its tensors."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            _check_format(path, metadata)
+            names = f.keys() if tensors else []
+            return metadata, {name: f.get_tensor(name) for name in names}
+    except CheckpointError:
+        raise
+    except Exception as err:  # safetensors raises several types for malformed files
+        raise CheckpointError(
+            f"not a valid safetensors file (truncated or corrupt?): {path}: {_one_line(err)}"
+        ) from err
 
 
 def _check_format(path: Path, metadata: dict[str, str]) -> None:

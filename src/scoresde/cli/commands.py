@@ -67,16 +67,16 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _report_training(command: str, result) -> None:
+def _report_training(command: str, stopped_by: str, steps: int) -> None:
     """Say on stderr when training did not run to ``train.steps``."""
-    if result.stopped_by == "time cap":
+    if stopped_by == "time cap":
         print(
-            f"scoresde {command}: note: the time cap stopped training at step {result.steps}",
+            f"scoresde {command}: note: the time cap stopped training at step {steps}",
             file=sys.stderr,
         )
-    elif result.stopped_by == "already complete":
+    elif stopped_by == "already complete":
         print(
-            f"scoresde {command}: note: the run is already complete at step {result.steps}; "
+            f"scoresde {command}: note: the run is already complete at step {steps}; "
             "nothing was trained (--steps N to train further)",
             file=sys.stderr,
         )
@@ -100,12 +100,7 @@ def _cmd_demo(a) -> int:
     _set_threads_for_training(a, cfg)
     report = run_demo(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     print(json.dumps(report, indent=2))
-    if report["train_stopped_by"] == "time cap":
-        print(
-            f"scoresde demo: note: the --minutes cap stopped training at step "
-            f"{report['train_steps']}",
-            file=sys.stderr,
-        )
+    _report_training("demo", report["train_stopped_by"], report["train_steps"])
     print(f"wrote {a.out}/samples_pc.png, samples_ode.png, inpainting.png, loss.png, report.json")
     return 0
 
@@ -129,7 +124,7 @@ def _cmd_train(a) -> int:
     check_resume(a.out, cfg, overwrite=a.overwrite)
     _set_threads_for_training(a, cfg)
     result = train(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
-    _report_training("train", result)
+    _report_training("train", result.stopped_by, result.steps)
     summary = {
         "checkpoint": str(result.checkpoint),
         "steps": result.steps,

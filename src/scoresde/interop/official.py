@@ -41,6 +41,7 @@ from scoresde.interop.official_config import (
     from_official_config,
     official_network,
 )
+from scoresde.rundir import summarize
 
 __all__ = [
     "OfficialCheckpointError",
@@ -174,8 +175,7 @@ def _layout_problem(checkpoint: Any) -> str | None:
     missing = [key for key in ("model", "ema", "step") if key not in checkpoint]
     if missing:
         found = sorted(map(str, checkpoint))
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        return f"missing keys {missing} (found {len(found)} keys: {shown})"
+        return f"missing keys {missing} (found {len(found)} keys: {summarize(found)})"
     model = checkpoint["model"]
     if not isinstance(model, Mapping) or not all(isinstance(v, Tensor) for v in model.values()):
         return "'model' is not a state dict of tensors"

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scoresde.build import build_score_fn, sampler_config
+from scoresde.build import sampler_config
 from scoresde.checkpoint import save_checkpoint
 from scoresde.config import Config, config_to_dict
-from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data
-from scoresde.sampling import sample
+from scoresde.data.pipeline import is_image_data, load_split
+from scoresde.runs import TrainedModel, evaluate_likelihood, generate
 from scoresde.sdes import SDE
-from scoresde.seeding import SampleStreams, derive_seed, global_rng_state
+from scoresde.seeding import derive_seed, global_rng_state
 from scoresde.training.state import TrainState
 
 Hook = Callable[[TrainState, Tensor, bool], None]
@@ -79,34 +79,32 @@ class Checkpointer:
         )
 
 
+def _ema_run(cfg: Config, sde: SDE, state: TrainState) -> TrainedModel:
+    """The EMA model of ``state`` as a :class:`~scoresde.runs.TrainedModel` (no copy)."""
+    device = next(state.model.parameters()).device
+    return TrainedModel(cfg, sde, state.ema.shadow, device, state.step)
+
+
 class SampleGrid:
     """Every ``every`` steps, samples of the EMA model as ``folder/step_<N>.png`` (and
     ``.npy``): a visual check of a long run. Uses the config's sampler and the per-sample
-    streams ``(seed, i)`` of ``scoresde sample``, so sample ``i`` of every grid starts from the
-    same noise, and nothing is drawn from the training streams."""
+    streams ``(seed, i)`` of ``scoresde sample`` (:func:`scoresde.runs.generate`), so sample
+    ``i`` of every grid starts from the same noise, and nothing is drawn from the training
+    streams."""
 
     def __init__(
         self, every: int, folder: Path, cfg: Config, sde: SDE, *, num_samples: int = 64
     ) -> None:
         self.every, self.folder, self.cfg, self.sde = every, Path(folder), cfg, sde
         self.num_samples = min(num_samples, cfg.sample.num_samples)
-        self.method, self.options = sampler_config(cfg.sample)
+        sampler_config(cfg.sample)  # a bad sampler fails before training starts
 
     def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
         if state.step % self.every:
             return
         from scoresde.viz import save_image_grid, save_scatter
 
-        device = next(state.model.parameters()).device
-        score_fn = build_score_fn(state.ema.shadow, self.sde, self.cfg)
-        streams = SampleStreams(self.cfg.seed, range(self.num_samples), device=device)
-        shape = (self.num_samples, *data_shape(self.cfg.data))
-        with torch.no_grad():
-            x_T = self.sde.prior_sampling(shape, streams, device=device)
-            x, _ = sample(
-                self.sde, score_fn, x_T, method=self.method, generator=streams, **self.options
-            )
-        x = from_model_scale(x, self.cfg.data).cpu()
+        x, _ = generate(_ema_run(self.cfg, self.sde, state), self.num_samples, seed=self.cfg.seed)
         self.folder.mkdir(parents=True, exist_ok=True)
         name = self.folder / f"step_{state.step:07d}"
         np.save(name.with_suffix(".npy"), x.numpy())
@@ -126,8 +124,6 @@ class Evaluation:
     """
 
     def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
-        from scoresde.data.pipeline import load_split
-
         self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
         self.data = load_split(cfg.data, "test", limit=cfg.eval.num_examples)
         self.results: list[dict] = []
@@ -135,10 +131,7 @@ class Evaluation:
     def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
         if state.step % self.every:
             return
-        from scoresde.runs import TrainedModel, evaluate_likelihood
-
-        device = next(state.model.parameters()).device
-        run = TrainedModel(self.cfg, self.sde, state.ema.shadow, device, state.step)
+        run = _ema_run(self.cfg, self.sde, state)
         result = evaluate_likelihood(run, self.data, seed=derive_seed(self.cfg.seed, state.step))
         result.pop("per_example")
         line = {"step": state.step, **result}

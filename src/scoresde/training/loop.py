@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
-from scoresde.checkpoint import Checkpoint, load_checkpoint
+from scoresde.checkpoint import Checkpoint, checkpoint_config, load_checkpoint
 from scoresde.config import Config, config_to_dict, load_config, save_config
-from scoresde.data.pipeline import Batch, to_model_scale, train_batches
+from scoresde.data.pipeline import to_model_scale, train_batches
 from scoresde.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -110,22 +110,13 @@ def train(
     """
     workdir = Path(workdir)
     device = resolve_device(cfg.device)
-    previous = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
+    resuming = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
     tc = cfg.train
     sde = build_sde(cfg.sde)
     state = create_state(cfg, sde, device)
     loss_fn = build_loss(cfg, sde)
     checkpointer = Checkpointer(workdir / CHECKPOINT_NAME, cfg, tc.checkpoint_every, device)
-    global_state = None
-    if previous is not None:
-        global_state = _restore(previous, state)
-    batches = train_batches(
-        cfg.data,
-        tc.batch_size,
-        seed=derive_seed(cfg.seed, "data"),
-        start=state.step,  # the data position: one batch per step
-        with_labels=conditional(cfg),
-    )
+    global_state = _restore(load_checkpoint(checkpointer.path), state) if resuming else None
     first_step = state.step
     if state.step >= tc.steps:
         state.model.eval()
@@ -140,9 +131,16 @@ def train(
             first_step,
         )
 
+    batches = train_batches(
+        cfg.data,
+        tc.batch_size,
+        seed=derive_seed(cfg.seed, "data"),
+        start=state.step,  # the data position: one batch per step
+        with_labels=conditional(cfg),
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, workdir / CONFIG_NAME)
-    if overwrite and previous is None:
+    if overwrite:
         checkpointer.path.unlink(missing_ok=True)
     log = LossLog(tc.log_every, progress=progress, total=tc.steps, initial=state.step)
     all_hooks: list[Hook] = [log, checkpointer]
@@ -158,10 +156,9 @@ def train(
     with private_global_rng(dropout_seed, device, state=global_state), _stop_signals() as stop:
         state.model.train()
         while state.step < tc.steps:
-            batch = next(batches)
-            x0 = to_model_scale(batch.data.to(device), cfg.data, generator=state.noise)
-            labels = batch.labels.to(device) if batch.labels is not None else None
-            loss = train_step(state, Batch(x0, labels), loss_fn, tc)
+            batch = next(batches).to(device)
+            batch.data = to_model_scale(batch.data, cfg.data, generator=state.noise)
+            loss = train_step(state, batch, loss_fn, tc)
             if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
                 stopped_by = "time cap"
             last = state.step == tc.steps or stopped_by != "steps" or bool(stop)
@@ -202,12 +199,13 @@ def create_state(cfg: Config, sde: SDE, device: torch.device) -> TrainState:
 
 def check_resume(
     workdir: str | Path, cfg: Config, *, resume: bool = True, overwrite: bool = False
-) -> Checkpoint | None:
-    """The checkpoint to resume from, or ``None`` for a fresh run; refuses anything unsafe.
+) -> bool:
+    """Whether ``workdir`` holds a checkpoint to resume from; refuses anything unsafe.
 
-    Cheap (it reads the folder's config and checkpoint, builds nothing), so callers can check
-    a run folder before any expensive work. A folder with a ``config.json`` but no checkpoint
-    yet (a run stopped before its first save) must have the same config too.
+    Cheap (it reads the folder's config or the checkpoint's header, builds and loads nothing),
+    so callers can check a run folder before any expensive work. A folder with a
+    ``config.json`` but no checkpoint yet (a run stopped before its first save) must have the
+    same config too.
 
     Raises:
         OutputExistsError: as :func:`train` says.
@@ -215,28 +213,29 @@ def check_resume(
     workdir = Path(workdir)
     check_output_dir(workdir, [], what="a run")
     if overwrite or not workdir.is_dir():
-        return None
+        return False
     ckpt_path, config_path = workdir / CHECKPOINT_NAME, workdir / CONFIG_NAME
-    if not ckpt_path.exists() and not config_path.exists():
-        return None
+    has_checkpoint = ckpt_path.exists()
+    if not has_checkpoint and not config_path.exists():
+        return False
     if not resume:
         raise OutputExistsError(
             f"{workdir} already holds a run; choose a new --out, or pass --overwrite to replace it"
         )
-    if ckpt_path.exists():
-        previous = load_checkpoint(ckpt_path)
-        old = previous.config
+    if has_checkpoint:
+        old = checkpoint_config(ckpt_path)
     else:
-        previous, old = None, config_to_dict(load_config(config_path))
+        old = config_to_dict(load_config(config_path))
     new = config_to_dict(cfg)
     differing = config_differences(old, new, ignore=RESUMABLE_KEYS)
     if differing:
         changes = describe_differences(old, new, differing)
+        allowed = ", ".join(sorted(RESUMABLE_KEYS))
         raise OutputExistsError(
-            f"{workdir} holds a run with another config ({changes}); only train.steps, "
-            "minutes, log_every, checkpoint_every and device may change on resume: use a new --out"
+            f"{workdir} holds a run with another config ({changes}); only {allowed} may change "
+            "on resume: use a new --out"
         )
-    return previous
+    return has_checkpoint
 
 
 def _restore(ckpt: Checkpoint, state: TrainState) -> dict | None:

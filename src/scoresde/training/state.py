@@ -9,19 +9,16 @@ denoising score matching (eq. 7) with warmup, gradient clipping and the EMA upda
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from scoresde.build import LossFn
 from scoresde.config import Config, TrainConfig
 from scoresde.data.pipeline import Batch
-from scoresde.score import ScoreFn
 from scoresde.training.ema import EMA
-
-LossFn = Callable[[ScoreFn, Tensor, "torch.Generator | None"], Tensor]
 
 
 @dataclass
