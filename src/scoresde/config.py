@@ -112,6 +112,20 @@ class TrainConfig:
     ``grad_clip`` < 0 disables clipping, ``warmup`` 0 disables warmup. ``sample_every`` > 0
     writes a grid of EMA samples to ``<run>/samples/`` every so many steps, ``eval_every`` > 0
     the test likelihood of the EMA model to ``<run>/eval.jsonl``.
+
+    ``batch_size`` is the global batch of one optimisation step, whatever the number of
+    devices: each of ``W`` devices (``torchrun`` processes) takes ``device_batch_size`` examples
+    at a time (0: ``batch_size / W``) and accumulates gradients over
+    ``batch_size / (W * device_batch_size)`` micro-batches. ``checkpoint_every`` is the rolling
+    preemption checkpoint (``checkpoint.safetensors``, replaced atomically), ``snapshot_every``
+    > 0 keeps a copy under ``<run>/snapshots/`` every so many steps. ``tensorboard`` writes
+    scalars to ``<run>/tensorboard/``.
+
+    Performance switches, each off unless named: ``bf16`` (the network under bf16 autocast;
+    loss and score conversion stay float32), ``tf32`` (TF32 matmuls and convolutions on
+    NVIDIA GPUs), ``channels_last`` (image batches and weights in NHWC), ``compile``
+    (``torch.compile`` of the network), ``activation_checkpointing`` (recompute each residual
+    and attention block in the backward pass instead of storing its activations).
     """
 
     steps: int = 4000
@@ -131,6 +145,14 @@ class TrainConfig:
     checkpoint_every: int = 1000
     sample_every: int = 0
     eval_every: int = 0
+    snapshot_every: int = 0
+    device_batch_size: int = 0
+    tensorboard: bool = True
+    bf16: bool = False
+    tf32: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -145,6 +167,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _check(self.sample_every >= 0, "train.sample_every must be >= 0")
         _check(self.eval_every >= 0, "train.eval_every must be >= 0")
+        _check(self.snapshot_every >= 0, "train.snapshot_every must be >= 0")
+        _check(self.device_batch_size >= 0, "train.device_batch_size must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -181,7 +205,24 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Likelihood evaluation with the probability-flow ODE (bits/dim for images)."""
+    """Evaluation: the likelihood through the probability-flow ODE (bits/dim for images) and
+    sample quality (``scoresde evaluate``).
+
+    Likelihood: ODE tolerances ``rtol``/``atol``, ``trace`` estimator, ``eps``, ``batch_size``;
+    ``num_examples`` > 0 keeps the first examples of the split; ``bpd_split`` is the split
+    ``scoresde evaluate`` measures and ``bpd_repeats`` the number of dequantization draws per
+    example (the paper averages several).
+
+    Sample quality: ``num_samples`` samples (50k, the paper's FID) from the config's sampler,
+    compared in the feature space ``features``: ``"inception"`` (the TF-ported Inception-v3
+    ``inception-2015-12-05`` of FID/IS/KID, read from the local file ``inception_weights``) or
+    ``"digits"`` (a small digits classifier the package trains itself; 8x8 digits only), against
+    ``reference``: an npz of statistics (``mu``/``sigma``, or raw ``pool_3``/``features``
+    activations as in the official CIFAR-10 stats) or a folder of images; empty for the
+    digits classifier means the held-out digits. ``metrics`` lists what to compute:
+    ``fid``, ``is``, ``kid``, ``bpd``. KID averages ``kid_subsets`` subsets of
+    ``kid_subset_size``; IS splits the samples into ``is_splits`` parts.
+    """
 
     rtol: float = 1e-5
     atol: float = 1e-5
@@ -189,11 +230,35 @@ class EvalConfig:
     eps: float = 1e-5
     batch_size: int = 512
     num_examples: int = 0
+    bpd_split: str = "test"
+    bpd_repeats: int = 1
+    num_samples: int = 50000
+    features: str = "inception"
+    inception_weights: str = ""
+    reference: str = ""
+    metrics: tuple[str, ...] = ("fid", "is", "kid")
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    is_splits: int = 10
 
     def __post_init__(self) -> None:
         _check(self.rtol > 0 and self.atol > 0, "eval.rtol/eval.atol must be > 0")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_examples >= 0, f"eval.num_examples must be >= 0, got {self.num_examples}")
+        _check(self.bpd_split in ("train", "test"), "eval.bpd_split must be 'train' or 'test'")
+        _check(self.bpd_repeats >= 1, f"eval.bpd_repeats must be >= 1, got {self.bpd_repeats}")
+        _check(self.num_samples >= 1, f"eval.num_samples must be >= 1, got {self.num_samples}")
+        _check(
+            self.features in ("inception", "digits"),
+            f"eval.features must be 'inception' or 'digits', got {self.features!r}",
+        )
+        unknown = sorted(set(self.metrics) - {"fid", "is", "kid", "bpd"})
+        _check(not unknown, f"eval.metrics: unknown {unknown}; choose from fid, is, kid, bpd")
+        _check(
+            self.kid_subsets >= 1 and self.kid_subset_size >= 2,
+            "eval.kid_subsets >= 1 and eval.kid_subset_size >= 2 needed",
+        )
+        _check(self.is_splits >= 1, f"eval.is_splits must be >= 1, got {self.is_splits}")
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,19 @@ RESUMABLE_KEYS = frozenset(
         "train.checkpoint_every",
         "train.sample_every",
         "train.eval_every",
+        "train.snapshot_every",
+        "train.tensorboard",
+        "train.device_batch_size",
+        "train.channels_last",
+        "train.compile",
+        "train.activation_checkpointing",
         "device",
     }
 )
 """Config keys that may differ between a run and the command that resumes it: how long it runs,
-how often it logs, checkpoints, draws sample grids and evaluates, and where it runs.
-Everything else must be equal."""
+how often it logs, checkpoints, draws sample grids and evaluates, where and on how many devices
+it runs, and the switches that change speed and memory but not the arithmetic (a preempted run
+may come back on other hardware). Everything else must be equal."""
 
 
 class OutputExistsError(ValueError):
