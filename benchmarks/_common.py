@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import torch
 
 from scoresde.build import build_model, build_score_fn, build_sde
@@ -18,3 +22,33 @@ def demo_network(sde_kind: str = "subvp", batch: int = 64, seed: int = 0):
     score_fn = build_score_fn(model, sde, cfg)
     x = sde.prior_sampling((batch, *data_shape(cfg.data)), torch.Generator().manual_seed(seed))
     return cfg, sde, model, score_fn, x
+
+
+class CompileTimeoutError(Exception):
+    """A first call (``torch.compile``'s compilation) ran past its time limit."""
+
+
+@contextlib.contextmanager
+def compile_alarm(seconds: float, what: str) -> Iterator[None]:
+    """Raise :class:`CompileTimeoutError` inside the block after ``seconds`` (0: no limit)."""
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise CompileTimeoutError(f"{what} took more than {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(seconds))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def timeout_in_chain(e: BaseException | None) -> CompileTimeoutError | None:
+    """The :class:`CompileTimeoutError` behind ``e`` (``torch.compile`` wraps it), if any."""
+    while e is not None and not isinstance(e, CompileTimeoutError):
+        e = e.__cause__ or e.__context__
+    return e

@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from collections.abc import Callable
 import torch
 
 import scoresde
+from _common import compile_alarm, timeout_in_chain
 from scoresde.config import TrainConfig
 from scoresde.nn.ncsnpp import NCSNpp
 from scoresde.presets.networks_ncsnpp import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
@@ -50,10 +50,6 @@ PRESETS = {
 VARIANTS = ("default", "channels_last", "compile")
 # Official score_sde_pytorch, 2 CPU cores, batch 4, medians in seconds: (forward, train step).
 OFFICIAL_CPU_BATCH4 = {"ncsnpp": (0.64, 2.70), "ddpmpp": (0.58, 2.12)}
-
-
-class CompileTimeoutError(Exception):
-    pass
 
 
 # ---------------------------------------------------------------- measurement (in the subprocess)
@@ -103,29 +99,13 @@ def warmup(fn: Callable[[], object], n: int, compile_timeout: float | None) -> f
 
     With ``compile_timeout``, raises ``CompileTimeoutError`` if the first call takes longer.
     """
-    if compile_timeout:
-
-        def on_alarm(signum, frame):
-            raise CompileTimeoutError(f"first call took more than {compile_timeout:.0f} s")
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(int(compile_timeout))
     start = time.perf_counter()
-    try:
+    with compile_alarm(compile_timeout or 0, "first call"):
         fn()
-    finally:
-        if compile_timeout:
-            signal.alarm(0)
     first = time.perf_counter() - start
     for _ in range(n - 1):
         fn()
     return first
-
-
-def timeout_in_chain(e: BaseException | None) -> CompileTimeoutError | None:
-    while e is not None and not isinstance(e, CompileTimeoutError):
-        e = e.__cause__ or e.__context__
-    return e
 
 
 def measure(a: argparse.Namespace) -> dict:

@@ -20,6 +20,19 @@ def reference_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Caches (the digits classifier) go to a session folder, never the user's home; the
+    subprocesses of tests inherit it."""
+    previous = os.environ.get("SCORESDE_CACHE")
+    os.environ["SCORESDE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SCORESDE_CACHE", None)
+    else:
+        os.environ["SCORESDE_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def reference_path():
     """A function ``name -> Path`` inside the reference folder; skips when the file is absent."""

@@ -166,7 +166,7 @@ def test_conditional_batches_reach_the_network(tmp_path):
 
 def test_train_step_passes_the_labels_on():
     from scoresde.data.pipeline import Batch
-    from scoresde.training.state import TrainState, train_step
+    from scoresde.training.state import MicroBatch, TrainState, train_step
 
     seen = {}
     net = torch.nn.Linear(2, 2)
@@ -175,11 +175,11 @@ def test_train_step_passes_the_labels_on():
         seen.update(condition)
         return net(x)
 
-    state = TrainState(net, score_model, EMA(net, 0.9), torch.optim.SGD(net.parameters(), 0.1),
-                       0, torch.Generator().manual_seed(0))
+    state = TrainState(net, score_model, EMA(net, 0.9), torch.optim.SGD(net.parameters(), 0.1), 0)
     labels = torch.tensor([3, 1])
     loss_fn = lambda score_fn, x0, g: score_fn(x0, torch.zeros(2)).square().sum(1)  # noqa: E731
-    train_step(state, Batch(torch.ones(2, 2), labels), loss_fn, _tiny(1).train)
+    micro = MicroBatch(Batch(torch.ones(2, 2), labels), torch.Generator().manual_seed(0), 0)
+    train_step(state, [micro], loss_fn, _tiny(1).train)
     assert torch.equal(seen["class_labels"], labels) and state.step == 1
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scoresde.seeding import SampleStreams
+from scoresde.seeding import BatchRows, SampleStreams
+
+NoiseSource = torch.Generator | SampleStreams | BatchRows | None
+"""Where math code draws: a generator, per-example streams or rows of a whole batch's draws."""
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -41,7 +44,7 @@ def flat_mean(x: Tensor) -> Tensor:
 
 def randn(
     shape: tuple[int, ...] | torch.Size,
-    generator: torch.Generator | SampleStreams | None = None,
+    generator: NoiseSource = None,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -51,11 +54,37 @@ def randn(
     A :class:`~scoresde.seeding.SampleStreams` draws example ``i``'s noise from example ``i``'s
     own stream, so it does not depend on the batch it is drawn in.
     """
-    if isinstance(generator, SampleStreams):
+    if isinstance(generator, (SampleStreams, BatchRows)):
         return generator.randn(tuple(shape), device=device, dtype=dtype)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
-def randn_like(x: Tensor, generator: torch.Generator | SampleStreams | None = None) -> Tensor:
+def rand(
+    shape: tuple[int, ...] | torch.Size,
+    generator: NoiseSource = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Uniform noise on ``[0, 1)`` of ``shape`` ``(B, ...)`` from ``generator``."""
+    if isinstance(generator, (SampleStreams, BatchRows)):
+        return generator.rand(tuple(shape), device=device, dtype=dtype)
+    return torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def randint(
+    high: int,
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | BatchRows | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Integers in ``[0, high)`` of ``shape`` ``(B, ...)`` from ``generator``."""
+    if isinstance(generator, BatchRows):
+        return generator.randint(high, tuple(shape), device=device)
+    return torch.randint(0, high, tuple(shape), generator=generator, device=device)
+
+
+def randn_like(x: Tensor, generator: NoiseSource = None) -> Tensor:
     """Standard normal noise like ``x`` from ``generator`` (``torch.randn_like`` takes none)."""
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from scoresde._tensor import batch_time, flat_sum
+from scoresde._tensor import NoiseSource, batch_time, flat_sum, randn
 from scoresde.data.transforms import uniform_dequantize
 from scoresde.sampling.ode import FIXED_STEP_METHODS, solver_options
 from scoresde.score import ScoreFn
@@ -25,11 +25,11 @@ from scoresde.sdes import SDE, probability_flow_drift
 TRACE_ESTIMATORS = ("hutchinson-rademacher", "hutchinson-gaussian", "exact")
 
 
-def _probe(x: Tensor, trace: str, generator: torch.Generator | None) -> Tensor | None:
+def _probe(x: Tensor, trace: str, generator: NoiseSource) -> Tensor | None:
     """The Hutchinson probe ``v`` like ``x`` (``None`` for the exact trace)."""
     if trace == "exact":
         return None
-    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    v = randn(x.shape, generator, device=x.device, dtype=x.dtype)
     return v if trace == "hutchinson-gaussian" else torch.sign(v)
 
 
@@ -55,7 +55,7 @@ def log_likelihood(
     atol: float = 1e-5,
     trace: str = "hutchinson-rademacher",
     eps: float = 1e-5,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     method: str = "dopri5",
     num_steps: int | None = None,
 ) -> tuple[Tensor, Tensor, int]:
@@ -150,7 +150,7 @@ def dequantized_bpd(
     *,
     levels: int = 256,
     centered: bool = False,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     **likelihood_kwargs,
 ) -> tuple[Tensor, int]:
     """Dequantize quantised data ``x`` in ``[0, 1]``, scale it and return ``(bpd (B,), nfe)``.

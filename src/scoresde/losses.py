@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, flat_mean, flat_sum, randn_like
+from scoresde._tensor import (
+    NoiseSource,
+    append_dims,
+    flat_mean,
+    flat_sum,
+    rand,
+    randint,
+    randn_like,
+)
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, VESDE, VPSDE
 
@@ -61,7 +69,7 @@ def dsm_loss(
     eps: float = 1e-5,
     likelihood_weighting: bool = False,
     reduce: str = "mean",
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     t: Tensor | None = None,
     z: Tensor | None = None,
 ) -> Tensor:
@@ -76,7 +84,7 @@ def dsm_loss(
         t: optional times ``(B,)``; z: optional noise like ``x0`` (to reproduce a draw).
     """
     if t is None:
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+        t = rand((x0.shape[0],), generator, device=x0.device, dtype=x0.dtype)
         t = t * (sde.T - eps) + eps
     z = randn_like(x0, generator) if z is None else z
     mean_coeff, std = sde.marginal_coeffs(t)
@@ -86,7 +94,7 @@ def dsm_loss(
 
 def _random_index(sde: SDE, x0: Tensor, generator) -> tuple[Tensor, Tensor]:
     """A uniform discrete noise index ``i`` ``(B,)`` and its time ``t_i = i T / (N - 1)``."""
-    idx = torch.randint(0, sde.N, (x0.shape[0],), generator=generator, device=x0.device)
+    idx = randint(sde.N, (x0.shape[0],), generator, device=x0.device)
     return idx, idx.to(x0.dtype) * sde.T / (sde.N - 1)
 
 
@@ -96,7 +104,7 @@ def smld_loss(
     x0: Tensor,
     *,
     reduce: str = "sum",
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> Tensor:
     """The NCSN (SMLD) loss of Song & Ermon (2019): DSM at a uniformly drawn scale ``sigma_i``.
 
@@ -115,7 +123,7 @@ def ddpm_loss(
     x0: Tensor,
     *,
     reduce: str = "mean",
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> Tensor:
     """The DDPM loss of Ho et al. (2020), ``|| eps_theta(x_i, i) - z ||^2`` at a uniform step ``i``.
 

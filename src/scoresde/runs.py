@@ -23,7 +23,7 @@ from scoresde.likelihood import dequantized_bpd, log_likelihood
 from scoresde.sampling import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
-from scoresde.seeding import SampleStreams
+from scoresde.seeding import SampleStreams, derive_seed
 
 
 @dataclass
@@ -130,6 +130,8 @@ def evaluate_likelihood(
     data: Tensor,
     *,
     seed: int = 0,
+    indices: range | None = None,
+    repeat: int = 0,
     progress: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -137,6 +139,11 @@ def evaluate_likelihood(
 
     Images are uniformly dequantized and scored in bits/dim (:func:`scoresde.bits_per_dim`);
     toy vectors in nats per example. ``overrides`` replace fields of ``run.cfg.eval``.
+    Example ``k`` of ``data`` is example ``indices[k]`` of its split (default ``0, 1, ...``)
+    and draws its dequantization and trace probe from its own stream ``(seed, repeat, index)``,
+    so its value does not depend on the batch or the shard it is scored in (up to the adaptive
+    solver's tolerance, whose steps depend on the batch); ``repeat`` numbers independent
+    dequantization draws.
 
     Returns:
         ``{"bpd" | "nll_nats": mean, "per_example": list, "nfe": mean NFE, "num_examples": N}``.
@@ -144,13 +151,17 @@ def evaluate_likelihood(
     ec = replace(run.cfg.eval, **overrides)
     if ec.num_examples:
         data = data[: ec.num_examples]
-    gen = run.generator(seed)
+    indices = range(data.shape[0]) if indices is None else indices[: data.shape[0]]
+    if len(indices) != data.shape[0]:
+        raise ValueError(f"{len(indices)} indices for {data.shape[0]} examples")
+    stream_seed = derive_seed(seed, "likelihood", repeat)
     opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps)
     values, nfes = [], []
     for start in tqdm(
         range(0, data.shape[0], ec.batch_size), desc="likelihood", disable=not progress
     ):
         x = data[start : start + ec.batch_size].to(run.device)
+        gen = SampleStreams(stream_seed, indices[start : start + x.shape[0]], device=run.device)
         if is_image_data(run.cfg.data):
             v, nfe = dequantized_bpd(
                 run.sde,

@@ -58,16 +58,81 @@ class SampleStreams:
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Standard normal ``(B, ...)`` with row ``k`` from the ``k``-th example's stream."""
+        return self._rows(torch.randn, shape, device, dtype)
+
+    def rand(
+        self,
+        shape: tuple[int, ...],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Uniform on ``[0, 1)``, ``(B, ...)``, row ``k`` from the ``k``-th example's stream."""
+        return self._rows(torch.rand, shape, device, dtype)
+
+    def _rows(self, draw, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
         if shape[0] != len(self.generators):
             raise ValueError(
                 f"a batch of {shape[0]} examples drawn from {len(self.generators)} sample streams"
             )
         rows = [
-            torch.randn(shape[1:], generator=g, device=self.device, dtype=dtype)
-            for g in self.generators
+            draw(shape[1:], generator=g, device=self.device, dtype=dtype) for g in self.generators
         ]
         out = torch.stack(rows) if rows else torch.empty(shape, device=self.device, dtype=dtype)
         return out.to(device) if device is not None else out
+
+
+class BatchRows:
+    """Rows ``start:stop`` of what one generator draws for a whole batch of ``total`` examples.
+
+    Each draw of shape ``(stop - start, ...)`` is made at the whole batch's shape
+    ``(total, ...)`` and sliced, so a part of a batch (one device's shard, one micro-batch of
+    gradient accumulation) gets exactly the numbers the whole batch would have given those rows,
+    and successive draws stay in step. A distributed training step is therefore the same
+    computation on one device or on many. The cost is drawing ``total / (stop - start)`` times
+    the noise, small next to a network's forward pass.
+
+    Args:
+        generator: the step's generator (e.g. ``stream(seed, "noise", step)``).
+        total: the number of examples of the whole batch.
+        start, stop: this part's rows.
+    """
+
+    def __init__(self, generator: torch.Generator, total: int, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= total:
+            raise ValueError(f"rows {start}:{stop} are not inside a batch of {total}")
+        self.generator, self.total, self.start, self.stop = generator, total, start, stop
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _rows(self, full: torch.Tensor, shape: tuple[int, ...], device) -> torch.Tensor:
+        if shape[0] != len(self):
+            raise ValueError(f"a draw of {shape[0]} rows from a part of {len(self)} rows")
+        out = full[self.start : self.stop]
+        return out.to(device) if device is not None else out
+
+    def randn(self, shape: tuple[int, ...], *, device=None, dtype=None) -> torch.Tensor:
+        """Standard normal ``shape`` ``(stop - start, ...)``."""
+        full_shape = (self.total, *shape[1:])
+        full = torch.randn(full_shape, generator=self.generator, device=self.device, dtype=dtype)
+        return self._rows(full, shape, device)
+
+    def rand(self, shape: tuple[int, ...], *, device=None, dtype=None) -> torch.Tensor:
+        """Uniform on ``[0, 1)``, ``shape`` ``(stop - start, ...)``."""
+        full_shape = (self.total, *shape[1:])
+        full = torch.rand(full_shape, generator=self.generator, device=self.device, dtype=dtype)
+        return self._rows(full, shape, device)
+
+    def randint(self, high: int, shape: tuple[int, ...], *, device=None) -> torch.Tensor:
+        """Integers in ``[0, high)``, ``shape`` ``(stop - start, ...)``."""
+        full_shape = (self.total, *shape[1:])
+        full = torch.randint(0, high, full_shape, generator=self.generator, device=self.device)
+        return self._rows(full, shape, device)
 
 
 def stream(seed: int, *keys: int | str, device: torch.device | str = "cpu") -> torch.Generator:

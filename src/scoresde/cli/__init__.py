@@ -19,8 +19,9 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scoresde`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from scoresde import distributed
     from scoresde.checkpoint import CheckpointError
-    from scoresde.training.loop import TrainingInterruptedError
+    from scoresde.training.loop import NonFiniteLossError, TrainingInterruptedError
 
     try:
         if getattr(args, "threads", 0) < 0:
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterruptedError as e:
         print(f"scoresde {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
+    except NonFiniteLossError as e:
+        print(f"scoresde {args.command}: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `scoresde presets | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scoresde {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

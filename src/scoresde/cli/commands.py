@@ -29,14 +29,16 @@ def _overrides(run_cfg, items: list[str], section: str) -> dict:
 def _set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: bool) -> None:
     """Decide the CPU thread count once for the whole command: ``--threads N``, or for N = 0
     the faster of 1 and all threads on one call of the command's main workload
-    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it)."""
+    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it). Under
+    ``torchrun`` N = 0 keeps the per-process count torchrun sets (``OMP_NUM_THREADS``)."""
     import torch
 
+    from scoresde.distributed import launched_by_torchrun
     from scoresde.threads import tune_for_score_fn
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    elif device.type == "cpu":
+    elif device.type == "cpu" and not launched_by_torchrun():
         tune_for_score_fn(make_score_fn(), shape, batch_size, device, backward=backward)
 
 
@@ -50,7 +52,7 @@ def _set_threads_for_training(a, cfg) -> None:
         return build_score_fn(build_model(cfg), build_sde(cfg.sde), cfg)
 
     device = resolve_device(cfg.device)
-    shape, batch = data_shape(cfg.data), cfg.train.batch_size
+    shape, batch = data_shape(cfg.data), cfg.train.device_batch_size or cfg.train.batch_size
     _set_threads(a, device, make_score_fn, shape, batch, backward=True)
 
 
@@ -106,6 +108,7 @@ def _cmd_demo(a) -> int:
 
 
 def _cmd_train(a) -> int:
+    from scoresde import distributed
     from scoresde.config import apply_overrides, load_config
     from scoresde.presets import get_preset
     from scoresde.training.loop import check_resume, train
@@ -124,6 +127,8 @@ def _cmd_train(a) -> int:
     check_resume(a.out, cfg, overwrite=a.overwrite)
     _set_threads_for_training(a, cfg)
     result = train(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
+    if distributed.current()[0] != 0:
+        return 0  # under torchrun, rank 0 reports
     _report_training("train", result.stopped_by, result.steps)
     summary = {
         "checkpoint": str(result.checkpoint),
@@ -252,11 +257,59 @@ def _cmd_convert(a) -> int:
     return 0
 
 
+def _cmd_evaluate(a) -> int:
+    from dataclasses import replace
+
+    from scoresde import distributed
+    from scoresde.config import ConfigError, apply_overrides
+    from scoresde.evaluation.evaluate import OUTPUTS, check_evaluation, evaluate
+    from scoresde.rundir import check_output_dir
+    from scoresde.runs import load_trained
+    from scoresde.sampling import check_sampler
+
+    for name, value in (("--num-samples", a.num_samples), ("--batch-size", a.batch_size)):
+        if value is not None:
+            _check_count(name, value, 1)
+    if a.method is not None:
+        check_sampler(a.method)
+    for item in a.overrides:
+        if not item.startswith(("sample.", "eval.", "data.root=")):
+            raise ConfigError(f"only sample.*, eval.* and data.root can be set here, got {item!r}")
+    check_output_dir(a.out, list(OUTPUTS), overwrite=a.overwrite, what="an evaluation")
+    world = distributed.setup(a.device or "auto")
+    run = load_trained(a.checkpoint, device=str(world.device))
+    extra = [f"eval.num_samples={a.num_samples}"] if a.num_samples is not None else []
+    run = replace(run, cfg=apply_overrides(run.cfg, [*a.overrides, *extra]))
+    check_evaluation(run.cfg)
+    batch_size = a.batch_size or run.cfg.sample.batch_size
+    tune_batch = min(batch_size, run.cfg.eval.num_samples)
+    _set_threads(a, run.device, lambda: run.score_fn, run.shape, tune_batch, backward=False)
+    results = evaluate(
+        run,
+        a.out,
+        checkpoint=a.checkpoint,
+        method=a.method,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        world=world,
+        progress=not a.no_progress,
+        overwrite=a.overwrite,
+    )
+    if world.is_main:
+        shown = {k: v for k, v in results.items() if k != "eval"}
+        for key in ("bpd", "nll_nats"):
+            if key in shown:
+                shown[key] = {k: v for k, v in shown[key].items() if k != "per_example"}
+        print(json.dumps(shown))
+    return 0
+
+
 COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
     "sample": _cmd_sample,
     "likelihood": _cmd_likelihood,
+    "evaluate": _cmd_evaluate,
     "presets": _cmd_presets,
     "convert": _cmd_convert,
 }

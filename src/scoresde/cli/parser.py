@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 EXAMPLES = {
@@ -12,6 +13,8 @@ EXAMPLES = {
     "--out runs/samples --method ode --num-samples 64",
     "likelihood": "example: scoresde likelihood --checkpoint runs/demo/checkpoint.safetensors "
     "--split test",
+    "evaluate": "example: scoresde evaluate --checkpoint runs/demo/checkpoint.safetensors "
+    "--out runs/demo/eval --num-samples 1000 --method ode",
     "presets": "example: scoresde presets",
     "convert": "example: scoresde convert checkpoint_26.pth runs/cifar10_ve "
     "--preset ve_cifar10_ncsnpp_continuous",
@@ -25,17 +28,45 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-TRAIN_NOTES = """\
+def _train_notes() -> str:
+    from scoresde.rundir import RESUMABLE_KEYS
+
+    keys = textwrap.fill(
+        ", ".join(sorted(RESUMABLE_KEYS)), 92, initial_indent="  ", subsequent_indent="  "
+    )
+    return f"""\
 resume: running the same command again continues the run in --out from its checkpoint,
-  bit-exactly. Only train.steps, train.minutes, train.log_every, train.checkpoint_every,
-  train.sample_every, train.eval_every and the device may change on resume (e.g. --steps 8000
-  trains further); any other change of the config is refused: use a new --out, or --overwrite
-  to discard the old run.
-interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and exits with status
-  130 / 143; a second Ctrl-C stops at once (the last checkpoint stays intact).
+  bit-exactly (e.g. --steps 8000 trains further). Only these keys may change on resume:
+{keys};
+  any other change of the config is refused: use a new --out, or --overwrite to discard it.
+interrupt: Ctrl-C or SIGTERM (a scheduler's preemption) saves a checkpoint at the next step
+  boundary and exits with status 130 / 143; a second Ctrl-C stops at once (the last checkpoint
+  stays intact). A NaN or infinite loss stops the run (status 1) and keeps the last good one.
+devices: torchrun --nproc_per_node=8 -m scoresde train ... trains on 8 GPUs (nccl) or CPU
+  processes (gloo); train.batch_size stays the global batch, train.device_batch_size sets the
+  micro-batch (gradients are accumulated), and only rank 0 writes.
+files: checkpoint.safetensors (rolling, every train.checkpoint_every steps), snapshots/ (every
+  train.snapshot_every), metrics.jsonl, tensorboard/ (tensorboard --logdir RUN), samples/.
 reproducible: the initial weights, data order, noise and dropout all come from the config's seed
-  (--seed), so the same command gives the same weights (bit-identical on the same machine and
-  thread count).
+  (--seed) and the step, so the same command gives the same weights (bit-identical on the same
+  machine and thread count; on any number of devices to float rounding).
+"""
+
+
+EVALUATE_NOTES = """\
+metrics: eval.metrics (default fid,is,kid; add bpd for the likelihood of eval.bpd_split with
+  eval.bpd_repeats dequantizations). Features: eval.features=inception, the TF-ported
+  Inception-v3 of FID from the local file eval.inception_weights (torch-fidelity's
+  pt_inception-2015-12-05-6726825d.pth; pip install "scoresde[fid]"), against eval.reference
+  (an npz of mu/sigma or pool_3 activations such as the official cifar10_stats.npz, or a folder
+  of images); or eval.features=digits for 8x8 digits (a classifier the package trains itself;
+  the held-out digits' values at the same sample size are reported beside the samples').
+samples: sample i draws from its own stream (seed, i), so the samples do not depend on
+  --batch-size or the number of devices; they are written as they are made (parts/), and
+  running the same command again resumes an interrupted evaluation. samples.npz, samples.png and
+  results.json are written at the end; a finished evaluation is refused unless --overwrite.
+devices: torchrun --nproc_per_node=8 -m scoresde evaluate ... shares the samples and the
+  likelihood's examples out over 8 processes.
 """
 
 
@@ -79,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     d = add(
-        "demo", "Train on 8x8 digits, sample (PC and ODE), test bits/dim, inpaint.", TRAIN_NOTES
+        "demo", "Train on 8x8 digits, sample (PC and ODE), test bits/dim, inpaint.", _train_notes()
     )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
@@ -90,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(d, "sample.num_steps=500")
     overwrite(d, "a finished demo")
 
-    t = add("train", "Train a score model from a preset or a config file.", TRAIN_NOTES)
+    t = add("train", "Train a score model from a preset or a config file.", _train_notes())
     t.add_argument("--preset", help="a name from `scoresde presets`")
     t.add_argument("--config", type=Path, help="a config.json (e.g. from an earlier run)")
     t.add_argument("--out", type=Path, required=True, help="run folder")
@@ -120,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--split", choices=["train", "test"], default="test")
     lk.add_argument("--num-examples", type=int, default=0, help="0: the whole split")
     runtime(lk, "eval.trace=hutchinson-gaussian")
+
+    e = add(
+        "evaluate",
+        "Sample quality (FID, IS, KID) and bits/dim of a checkpoint, as one results.json.",
+        EVALUATE_NOTES,
+    )
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="evaluation folder")
+    e.add_argument("--num-samples", type=int, help="samples (default: eval.num_samples, 50000)")
+    e.add_argument("--method", help="a sampler of scoresde.SAMPLERS (default: sample.method)")
+    e.add_argument("--batch-size", type=int, help="samples per batch (default: sample.batch_size)")
+    runtime(e, "eval.inception_weights=~/pt_inception-2015-12-05-6726825d.pth")
+    overwrite(e, "an evaluation")
 
     add("presets", "List the experiment presets.")
 

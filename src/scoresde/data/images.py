@@ -46,7 +46,7 @@ from scoresde.data.image_formats import (
     square_preprocess,
 )
 from scoresde.data.transforms import random_horizontal_flip
-from scoresde.seeding import stream
+from scoresde.seeding import BatchRows, stream
 
 IMAGE_DATASETS = ("cifar10", "celeba", "lsun", "celebahq", "ffhq", "folder")
 CELEBA_PARTITIONS = {"train": 0, "validation": 1, "test": 2}
@@ -274,6 +274,7 @@ def image_batches(
     drop_last: bool = True,
     num_workers: int = 0,
     start: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[Item]:
     """Shuffled minibatches for training, forever: epoch after epoch, reshuffled each epoch.
 
@@ -292,9 +293,12 @@ def image_batches(
         num_workers: ``DataLoader`` worker processes (0 decodes in this process); workers
             persist across epochs.
         start: the index of the first batch to yield.
+        rows: only these rows of each batch (one device's shard of a distributed batch): the
+            other rows are not read, and the flips are those the whole batch would have had.
 
     Yields:
-        Float32 ``(B, C, H, W)`` in ``[0, 1]``, or ``(images, labels (B,) int64)`` for pairs.
+        Float32 ``(B, C, H, W)`` in ``[0, 1]``, or ``(images, labels (B,) int64)`` for pairs
+        (``B`` the number of ``rows``).
     """
     n = len(dataset)
     if n == 0 or (drop_last and n < batch_size):
@@ -303,7 +307,8 @@ def image_batches(
         )
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    sampler = _EpochBatches(n, batch_size, seed=seed, drop_last=drop_last, start=start)
+    rows = _check_rows(rows, batch_size)
+    sampler = _EpochBatches(n, batch_size, seed=seed, drop_last=drop_last, start=start, rows=rows)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -311,12 +316,25 @@ def image_batches(
         persistent_workers=num_workers > 0,
         generator=stream(seed, "workers"),
     )
-    return _flipped(loader, seed, start, random_flip)
+    return _flipped(loader, seed, start, random_flip, batch_size, rows)
 
 
-def _flipped(loader: DataLoader, seed: int, start: int, random_flip: bool) -> Iterator[Item]:
+def _check_rows(rows: slice | None, batch_size: int) -> slice:
+    rows = rows if rows is not None else slice(0, batch_size)
+    if not 0 <= rows.start < rows.stop <= batch_size or rows.step not in (None, 1):
+        raise ValueError(f"rows {rows.start}:{rows.stop} are not a part of a batch of {batch_size}")
+    return rows
+
+
+def _flipped(
+    loader: DataLoader, seed: int, start: int, random_flip: bool, batch_size: int, rows: slice
+) -> Iterator[Item]:
     for k, batch in enumerate(loader, start=start):
-        flip = stream(seed, "flip", k) if random_flip else None
+        flip = (
+            BatchRows(stream(seed, "flip", k), batch_size, rows.start, rows.stop)
+            if random_flip
+            else None
+        )
         if isinstance(batch, (list, tuple)):
             images, labels = batch
             yield (random_horizontal_flip(images, flip) if random_flip else images, labels)
@@ -327,8 +345,11 @@ def _flipped(loader: DataLoader, seed: int, start: int, random_flip: bool) -> It
 class _EpochBatches:
     """An endless batch sampler: the index lists of batches ``start, start + 1, ...``."""
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, drop_last: bool, start: int):
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int, drop_last: bool, start: int, rows: slice
+    ):
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.rows = rows
         self.per_epoch = n // batch_size if drop_last else -(-n // batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -336,6 +357,5 @@ class _EpochBatches:
         while True:
             order = torch.randperm(self.n, generator=stream(self.seed, "epoch", epoch)).tolist()
             for b in range(position, self.per_epoch):
-                yield order[b * self.batch_size : (b + 1) * self.batch_size]
+                yield order[b * self.batch_size : (b + 1) * self.batch_size][self.rows]
             epoch, position = epoch + 1, 0
-

@@ -98,6 +98,7 @@ def train_batches(
     seed: int,
     start: int = 0,
     with_labels: bool = False,
+    rows: slice | None = None,
 ) -> Iterator[Batch]:
     """Endless shuffled training batches in data scale: batch ``k`` depends on ``seed`` and
     ``k`` only, so ``start=k`` resumes a run that has taken ``k`` batches exactly.
@@ -106,7 +107,9 @@ def train_batches(
     In-memory data (digits, toys) is sampled with replacement (batch ``k``'s indices from the
     stream ``(seed, "batch", k)``); image datasets are read epoch by epoch in a random order,
     with random flips if set (:func:`scoresde.data.images.image_batches`). ``with_labels``
-    attaches the class labels (digits and CIFAR-10 have them).
+    attaches the class labels (digits and CIFAR-10 have them). ``rows`` keeps only those rows
+    of every batch (a device's shard of a distributed batch of ``batch_size``): the shards of
+    all devices put together are the batch one device would see.
     """
     if with_labels and cfg.dataset not in LABELED_DATASETS:
         raise ValueError(
@@ -121,6 +124,7 @@ def train_batches(
             start=start,
             random_flip=cfg.random_flip,
             num_workers=cfg.num_workers,
+            rows=rows,
         )
         return (Batch(*b) if with_labels else Batch(b) for b in batches)
     if with_labels:
@@ -129,15 +133,17 @@ def train_batches(
         images, labels, _, _ = load_digits_labeled_split(
             test_fraction=cfg.test_fraction, seed=cfg.split_seed
         )
-        return _resampled(images, labels, batch_size, seed, start)
-    return _resampled(load_split(cfg, "train"), None, batch_size, seed, start)
+        return _resampled(images, labels, batch_size, seed, start, rows)
+    return _resampled(load_split(cfg, "train"), None, batch_size, seed, start, rows)
 
 
 def _resampled(
-    data: Tensor, labels: Tensor | None, batch_size: int, seed: int, start: int
+    data: Tensor, labels: Tensor | None, batch_size: int, seed: int, start: int, rows: slice | None
 ) -> Iterator[Batch]:
+    rows = rows if rows is not None else slice(0, batch_size)
     for k in itertools.count(start):
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=stream(seed, "batch", k))
+        idx = idx[rows]
         yield Batch(data[idx], labels[idx] if labels is not None else None)
 
 

@@ -8,18 +8,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims
+from scoresde._tensor import NoiseSource, append_dims, rand
 
 __all__ = ["center", "random_horizontal_flip", "uncenter", "uniform_dequantize"]
 
 
-def random_horizontal_flip(
-    x: Tensor, generator: torch.Generator | None, *, p: float = 0.5
-) -> Tensor:
+def random_horizontal_flip(x: Tensor, generator: NoiseSource, *, p: float = 0.5) -> Tensor:
     """Flip each image of a batch left-right with probability ``p``.
 
-    The draw is ``torch.rand(B, generator=generator) < p`` (on the generator's device, CPU
-    without one): image ``i`` is flipped where it is true.
+    The draw is ``rand((B,), generator) < p`` (on the generator's device, CPU without one):
+    image ``i`` is flipped where it is true.
 
     Args:
         x: images ``(B, C, H, W)``.
@@ -28,7 +26,7 @@ def random_horizontal_flip(
         ``(B, C, H, W)``, a new tensor.
     """
     device = generator.device if generator is not None else torch.device("cpu")
-    flip = (torch.rand(x.shape[0], generator=generator, device=device) < p).to(x.device)
+    flip = (rand((x.shape[0],), generator, device=device) < p).to(x.device)
     return torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
 
 
@@ -42,9 +40,7 @@ def uncenter(y: Tensor) -> Tensor:
     return (y + 1) / 2
 
 
-def uniform_dequantize(
-    x: Tensor, *, levels: int = 256, generator: torch.Generator | None = None
-) -> Tensor:
+def uniform_dequantize(x: Tensor, *, levels: int = 256, generator: NoiseSource = None) -> Tensor:
     """Uniform dequantization ``u = (k + U[0, 1)) / levels`` of data ``x = k / (levels - 1)``.
 
     Args:
@@ -55,5 +51,5 @@ def uniform_dequantize(
         Continuous data in ``[0, 1)``, shape of ``x``.
     """
     k = torch.round(x * (levels - 1))
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = rand(x.shape, generator, device=x.device, dtype=x.dtype)
     return (k + noise) / levels

@@ -61,6 +61,8 @@ class AttnBlockpp(nn.Module):
     (initialised with ``init_scale``), then ``x + h`` (divided by sqrt 2 if ``skip_rescale``).
     """
 
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
+
     def __init__(self, channels: int, skip_rescale: bool = False, init_scale: float = 0.0) -> None:
         super().__init__()
         self.GroupNorm_0 = group_norm(channels)
@@ -167,6 +169,8 @@ class ResnetBlockDDPMpp(nn.Module):
     count changes. Returns ``x + h``, divided by sqrt 2 if ``skip_rescale``.
     """
 
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
+
     def __init__(
         self,
         act: nn.Module,
@@ -215,6 +219,8 @@ class ResnetBlockBigGANpp(nn.Module):
     shortcut gets a 1x1 conv ``Conv_2`` when the channels change or the block resamples.
     Returns ``x + h``, divided by sqrt 2 if ``skip_rescale``.
     """
+
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
 
     def __init__(
         self,

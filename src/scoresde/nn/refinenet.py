@@ -45,6 +45,8 @@ class ResidualBlock(nn.Module):
     Registration order (official): ``conv1, normalize2, conv2, shortcut, normalize1``.
     """
 
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
+
     def __init__(
         self,
         in_ch: int,
@@ -174,6 +176,8 @@ class RefineBlock(nn.Module):
     (three for the ``end`` block, ``output_convs``). Registration order (official):
     ``adapt_convs, output_convs, msf, crp``. ``norm`` makes it the conditional block of NCSN.
     """
+
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
 
     def __init__(
         self,

@@ -95,6 +95,8 @@ class ResBlock(nn.Module):
     the network does it once).
     """
 
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
+
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(_num_groups(in_ch), in_ch)
@@ -117,6 +119,8 @@ class AttnBlock(nn.Module):
 
     Works on a ``(B, H*W, C)`` view, which is free for channels-last inputs.
     """
+
+    checkpointable = True  # activation checkpointing: scoresde.nn.checkpointing
 
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from typing import Any
 from scoresde.config import (
     Config,
     DataConfig,
+    EvalConfig,
     ModelConfig,
     SampleConfig,
     SDEConfig,
@@ -74,5 +75,6 @@ def cifar10_config(
         model=model,
         train=official_train(ema=ema, reduce_mean=centered, **train),
         sample=sample,
+        eval=EvalConfig(bpd_repeats=5),  # the official evaluation: the test split 5 times
         seed=42,
     )

@@ -1,82 +1,174 @@
 """What the training loop does besides stepping: each is a hook called after every step.
 
-A hook is any callable ``hook(state, loss, last)``: ``state`` is the
-:class:`~scoresde.training.state.TrainState` after the step, ``loss`` that step's mean loss
-(a 0-dim tensor on the training device; reading it is a device sync, so hooks read it only now
-and then) and ``last`` whether this is the last step of the call (the run's end, a time cap
-or an interrupt). Hooks act every so many steps; the loop knows nothing of them.
+A hook is any callable ``hook(state, stats, last)``: ``state`` is the
+:class:`~scoresde.training.state.TrainState` after the step, ``stats`` that step's
+:class:`StepStats` (the loss and gradient norm averaged over all ranks, the learning rate, the
+global batch and the wall time) and ``last`` whether this is the last step of the call (the
+run's end, a time cap or an interrupt). Hooks act every so many steps; the loop knows nothing
+of them. Under ``torchrun`` they run on rank 0 only, except :class:`MetricsLog`, which every
+rank keeps (rank 0 alone writes and shows it).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from scoresde.build import sampler_config
 from scoresde.checkpoint import save_checkpoint
 from scoresde.config import Config, config_to_dict
 from scoresde.data.pipeline import is_image_data, load_split
+from scoresde.rundir import CHECKPOINT_NAME, atomic_write
 from scoresde.runs import TrainedModel, evaluate_likelihood, generate
 from scoresde.sdes import SDE
-from scoresde.seeding import derive_seed, global_rng_state
+from scoresde.seeding import derive_seed
 from scoresde.training.state import TrainState
 
-Hook = Callable[[TrainState, Tensor, bool], None]
+METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+SNAPSHOT_DIR = "snapshots"
 
 
-class LossLog:
-    """The loss curve: the mean loss over each ``every`` steps (and up to the last step), shown
-    on a progress bar. ``losses`` holds ``(step, mean loss)``."""
+@dataclass(frozen=True)
+class StepStats:
+    """One optimisation step as the loop saw it: ``loss`` (mean over the global batch),
+    ``grad_norm`` (before clipping), ``lr``, ``examples`` (the global batch) and ``seconds``
+    (wall time of the step, data included)."""
 
-    def __init__(self, every: int, *, progress: bool, total: int, initial: int) -> None:
+    loss: float
+    grad_norm: float
+    lr: float
+    examples: int
+    seconds: float
+
+
+Hook = Callable[[TrainState, StepStats, bool], None]
+
+
+class MetricsLog:
+    """The run's log: every ``every`` steps (and at the last step) the mean loss, mean gradient
+    norm, learning rate and images/s since the previous entry, on the progress bar, as one JSON
+    line of ``<run>/metrics.jsonl`` and as TensorBoard scalars in ``<run>/tensorboard/``
+    (``train/loss``, ``train/grad_norm``, ``train/lr``, ``train/images_per_s``).
+
+    ``losses`` holds ``(step, mean loss)``. On resume (``initial`` > 0) lines and TensorBoard
+    events after ``initial`` (written after the checkpoint, by a run that was then killed) are
+    dropped, since the resumed run recomputes those steps exactly. ``workdir=None`` (ranks other
+    than 0) writes nothing.
+    """
+
+    def __init__(
+        self,
+        every: int,
+        workdir: Path | None,
+        *,
+        progress: bool,
+        total: int,
+        initial: int,
+        tensorboard: bool = True,
+    ) -> None:
         self.every = every
         self.losses: list[tuple[int, float]] = []
-        self._sum: Tensor | None = None
+        self._sums = {"loss": 0.0, "grad_norm": 0.0, "examples": 0.0, "seconds": 0.0}
         self._count = 0
         self._bar = tqdm(total=total, initial=initial, desc="training", disable=not progress)
+        self._path = Path(workdir) / METRICS_NAME if workdir is not None else None
+        self._writer = None
+        if self._path is not None:
+            _drop_lines_after(self._path, initial)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
 
-    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
-        self._sum = loss if self._sum is None else self._sum + loss
+                self._writer = SummaryWriter(
+                    str(Path(workdir) / TENSORBOARD_DIR), purge_step=initial + 1
+                )
+
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
+        self._sums["loss"] += stats.loss
+        self._sums["grad_norm"] += stats.grad_norm
+        self._sums["examples"] += stats.examples
+        self._sums["seconds"] += stats.seconds
         self._count += 1
         self._bar.update(1)
-        if state.step % self.every == 0 or last:
-            self.losses.append((state.step, (self._sum / self._count).item()))
-            self._sum, self._count = None, 0
-            self._bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}")
+        if state.step % self.every and not last:
+            return
+        n = self._count
+        line = {
+            "step": state.step,
+            "loss": self._sums["loss"] / n,
+            "grad_norm": self._sums["grad_norm"] / n,
+            "lr": stats.lr,
+            "images_per_s": self._sums["examples"] / max(self._sums["seconds"], 1e-12),
+        }
+        self._sums = dict.fromkeys(self._sums, 0.0)
+        self._count = 0
+        self.losses.append((state.step, line["loss"]))
+        self._bar.set_postfix(loss=f"{line['loss']:.4f}")
+        if self._path is not None:
+            with self._path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        if self._writer is not None:
+            for key in ("loss", "grad_norm", "lr", "images_per_s"):
+                self._writer.add_scalar(f"train/{key}", line[key], state.step)
+            self._writer.flush()
 
     def close(self) -> None:
         self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _drop_lines_after(path: Path, step: int) -> None:
+    """Keep only the JSON lines of ``path`` with ``"step" <= step`` (rewritten atomically)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(line + "\n" for line in kept))
 
 
 class Checkpointer:
-    """Saves the whole state atomically every ``every`` steps (0: only at the end) and at the
-    last step: weights, EMA, optimiser, step, the config and every random stream (including
-    torch's global generator on ``device``, which dropout draws from)."""
+    """The rolling preemption checkpoint ``<run>/checkpoint.safetensors``, replaced atomically
+    every ``every`` steps (0: only at the end) and at the last step (the end, a time cap or a
+    signal), and snapshots ``<run>/snapshots/step_<N>.safetensors`` kept every
+    ``snapshot_every`` steps (0: none). Each holds the weights, EMA, optimiser, step and config;
+    every random stream of a run is a function of its seed and the step, so that is all a
+    resumed run needs. ``saved_step`` is the step of the last checkpoint on disk."""
 
-    def __init__(self, path: Path, cfg: Config, every: int, device: torch.device) -> None:
-        self.path, self.cfg, self.every, self.device = Path(path), cfg, every, device
+    def __init__(self, workdir: Path, cfg: Config, every: int, snapshot_every: int = 0) -> None:
+        self.path = Path(workdir) / CHECKPOINT_NAME
+        self.snapshots = Path(workdir) / SNAPSHOT_DIR
+        self.cfg, self.every, self.snapshot_every = cfg, every, snapshot_every
+        self.saved_step: int | None = None
 
-    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
         if last or (self.every and state.step % self.every == 0):
             self.save(state)
+        if self.snapshot_every and state.step % self.snapshot_every == 0:
+            snapshot = self.snapshots / f"step_{state.step:07d}.safetensors"
+            if not snapshot.exists():  # the same step of the same run: the same weights
+                self.save(state, snapshot)
 
-    def save(self, state: TrainState) -> Path:
-        rng = {**state.rng_state(), "global": global_rng_state(self.device)}
-        return save_checkpoint(
-            self.path,
+    def save(self, state: TrainState, path: Path | None = None) -> Path:
+        written = save_checkpoint(
+            path or self.path,
             model=state.model.state_dict(),
             ema=state.ema.state_dict(),
             optimizer=state.optimizer.state_dict(),
             step=state.step,
             config=config_to_dict(self.cfg),
-            extra={"rng": rng},
+            extra={"data_position": state.step},
         )
+        if path is None:
+            self.saved_step = state.step
+        return written
 
 
 def _ema_run(cfg: Config, sde: SDE, state: TrainState) -> TrainedModel:
@@ -99,7 +191,7 @@ class SampleGrid:
         self.num_samples = min(num_samples, cfg.sample.num_samples)
         sampler_config(cfg.sample)  # a bad sampler fails before training starts
 
-    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
         if state.step % self.every:
             return
         from scoresde.viz import save_image_grid, save_scatter
@@ -128,7 +220,7 @@ class Evaluation:
         self.data = load_split(cfg.data, "test", limit=cfg.eval.num_examples)
         self.results: list[dict] = []
 
-    def __call__(self, state: TrainState, loss: Tensor, last: bool) -> None:
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
         if state.step % self.every:
             return
         run = _ema_run(self.cfg, self.sde, state)

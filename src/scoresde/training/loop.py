@@ -1,16 +1,19 @@
 """The training loop: denoising score matching with Adam, warmup, clipping and EMA.
 
-A run lives in one folder: ``config.json`` (the resolved config) and ``checkpoint.safetensors``
-(weights, EMA, optimiser, step and every random stream). Running the same command again resumes
-it bit-exactly; a run folder is never reused for another config (:mod:`scoresde.rundir`).
-Ctrl-C or SIGTERM saves a checkpoint at the next step boundary and raises
-:class:`TrainingInterruptedError`. The state and its step live in
-:mod:`scoresde.training.state`, logging, checkpoints and sample grids in
-:mod:`scoresde.training.hooks`; this module is the loop around them.
+A run lives in one folder: ``config.json`` (the resolved config), ``checkpoint.safetensors``
+(weights, EMA, optimiser and step: the rolling preemption checkpoint), ``snapshots/``,
+``metrics.jsonl`` and ``tensorboard/``. Running the same command again resumes it bit-exactly;
+a run folder is never reused for another config (:mod:`scoresde.rundir`). Ctrl-C or SIGTERM
+saves a checkpoint at the next step boundary and raises :class:`TrainingInterruptedError`; a
+NaN or infinite loss raises :class:`NonFiniteLossError` and saves nothing. The same function
+runs one process or every process of a ``torchrun`` job (:mod:`scoresde.distributed`). The
+state and its step live in :mod:`scoresde.training.state`, logging, checkpoints and sample
+grids in :mod:`scoresde.training.hooks`; this module is the loop around them.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -22,10 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
+from scoresde import distributed
+from scoresde.build import build_loss, build_model, build_score_fn, build_sde
 from scoresde.checkpoint import Checkpoint, checkpoint_config, load_checkpoint
 from scoresde.config import Config, config_to_dict, load_config, save_config
-from scoresde.data.pipeline import to_model_scale, train_batches
+from scoresde.data.pipeline import Batch, to_model_scale, train_batches
 from scoresde.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -36,11 +40,26 @@ from scoresde.rundir import (
     describe_differences,
 )
 from scoresde.sdes import SDE
-from scoresde.seeding import derive_seed, private_global_rng, stream
+from scoresde.seeding import BatchRows, derive_seed, stream
 from scoresde.training.ema import EMA
-from scoresde.training.hooks import Checkpointer, Evaluation, Hook, LossLog, SampleGrid
+from scoresde.training.hooks import (
+    Checkpointer,
+    Evaluation,
+    Hook,
+    MetricsLog,
+    SampleGrid,
+    StepStats,
+)
 from scoresde.training.optim import make_optimizer
-from scoresde.training.state import TrainState, conditional, train_step
+from scoresde.training.performance import prepare_network, tf32, to_memory_format
+from scoresde.training.state import (
+    BatchLayout,
+    MicroBatch,
+    TrainState,
+    batch_layout,
+    conditional,
+    train_step,
+)
 
 
 @dataclass
@@ -61,6 +80,24 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     stopped_by: str = "steps"
     resumed_from: int = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; the run stopped without saving."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, checkpointer: Checkpointer):
+        self.step = step
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        saved = checkpointer.saved_step
+        kept = (
+            f"the last good checkpoint (step {saved}) is {checkpointer.path}"
+            if saved is not None
+            else "no checkpoint was written"
+        )
+        super().__init__(
+            f"training stopped: {what} at step {step}; {kept}; try a lower train.lr, "
+            "train.grad_clip or train.warmup longer"
+        )
 
 
 class TrainingInterruptedError(Exception):
@@ -88,35 +125,48 @@ def train(
 
     Training runs for ``cfg.train.steps`` steps, or until ``cfg.train.minutes`` of wall time
     (0: no cap) have passed. Everything random (initial weights, data order, noise, dropout)
-    comes from streams derived from ``cfg.seed``, so the same config gives bit-identical
-    weights on the same machine; the caller's global RNG state is left untouched. A
-    class-conditional model (``model.num_classes > 0``) gets each batch's labels.
+    comes from streams derived from ``cfg.seed`` and the step, so the same config gives
+    bit-identical weights on the same machine; the caller's global RNG state is left untouched.
+    A class-conditional model (``model.num_classes > 0``) gets each batch's labels.
+
+    Under ``torchrun`` every process calls this: the network is wrapped in
+    ``DistributedDataParallel``, each rank takes its rows of every global batch of
+    ``train.batch_size`` (micro-batches of ``train.device_batch_size``, gradients accumulated)
+    and only rank 0 writes. One step is the same computation on any number of ranks (to float
+    rounding), so a run may resume on another number of devices.
 
     A ``workdir`` that already holds a run is resumed bit-exactly from its checkpoint when
     ``resume`` is set and its config differs from ``cfg`` only in :data:`RESUMABLE_KEYS` (length,
-    logging, checkpoint and sample cadence, device); any other difference is refused before any
-    work. ``overwrite`` discards an existing run instead.
+    logging, checkpoint and sample cadence, devices, speed switches); any other difference is
+    refused before any work. ``overwrite`` discards an existing run instead.
 
-    The loop itself only draws batches and calls :func:`train_step`; logging, checkpoints
-    (every ``train.checkpoint_every`` steps and at the end), periodic sample grids
+    The loop itself only draws batches and calls :func:`train_step`; logging (progress bar,
+    ``metrics.jsonl``, TensorBoard), checkpoints (every ``train.checkpoint_every`` steps, at the
+    end and on a signal; snapshots every ``train.snapshot_every``), periodic sample grids
     (``train.sample_every``), test likelihoods (``train.eval_every``, to ``eval.jsonl``) and
-    the caller's own ``hooks`` run after each step
-    (:mod:`scoresde.training.hooks`).
+    the caller's own ``hooks`` run on rank 0 after each step (:mod:`scoresde.training.hooks`).
 
     Raises:
         OutputExistsError: ``workdir`` is a file, or holds another run (or a run and not
             ``resume``), and ``overwrite`` is false.
+        ValueError: the batch does not split over the devices, or another bad setting.
         TrainingInterruptedError: SIGINT or SIGTERM arrived; the checkpoint holds the last step.
+        NonFiniteLossError: the loss or the gradient became NaN or infinite; nothing was saved
+            after the last finite step.
     """
     workdir = Path(workdir)
-    device = resolve_device(cfg.device)
-    resuming = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
+    world = distributed.setup(cfg.device)
+    device = world.device
     tc = cfg.train
+    layout = batch_layout(tc, rank=world.rank, world_size=world.size)
+    resuming = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
     sde = build_sde(cfg.sde)
-    state = create_state(cfg, sde, device)
+    state = create_state(cfg, sde, device, world_size=world.size)
     loss_fn = build_loss(cfg, sde)
-    checkpointer = Checkpointer(workdir / CHECKPOINT_NAME, cfg, tc.checkpoint_every, device)
-    global_state = _restore(load_checkpoint(checkpointer.path), state) if resuming else None
+    checkpointer = Checkpointer(workdir, cfg, tc.checkpoint_every, tc.snapshot_every)
+    if resuming:
+        _restore(load_checkpoint(checkpointer.path), state)
+        checkpointer.saved_step = state.step
     first_step = state.step
     if state.step >= tc.steps:
         state.model.eval()
@@ -137,39 +187,78 @@ def train(
         seed=derive_seed(cfg.seed, "data"),
         start=state.step,  # the data position: one batch per step
         with_labels=conditional(cfg),
+        rows=layout.rank_rows,
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, workdir / CONFIG_NAME)
-    if overwrite:
-        checkpointer.path.unlink(missing_ok=True)
-    log = LossLog(tc.log_every, progress=progress, total=tc.steps, initial=state.step)
-    all_hooks: list[Hook] = [log, checkpointer]
-    if tc.sample_every:
-        all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
-    if tc.eval_every:
-        all_hooks.append(Evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
-    all_hooks += list(hooks)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    log = MetricsLog(
+        tc.log_every,
+        workdir if world.is_main else None,
+        progress=progress and world.is_main,
+        total=tc.steps,
+        initial=state.step,
+        tensorboard=tc.tensorboard,
+    )
+    all_hooks: list[Hook] = [log]
+    if world.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, workdir / CONFIG_NAME)
+        if overwrite:
+            checkpointer.path.unlink(missing_ok=True)
+        all_hooks.append(checkpointer)
+        if tc.sample_every:
+            all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
+        if tc.eval_every:
+            all_hooks.append(Evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
+        all_hooks += list(hooks)
 
     stopped_by = "steps"
     start = time.perf_counter()
-    dropout_seed = derive_seed(cfg.seed, "global")
-    with private_global_rng(dropout_seed, device, state=global_state), _stop_signals() as stop:
-        state.model.train()
-        while state.step < tc.steps:
-            batch = next(batches).to(device)
-            batch.data = to_model_scale(batch.data, cfg.data, generator=state.noise)
-            loss = train_step(state, batch, loss_fn, tc)
-            if tc.minutes and time.perf_counter() - start > 60 * tc.minutes:
-                stopped_by = "time cap"
-            last = state.step == tc.steps or stopped_by != "steps" or bool(stop)
-            for hook in all_hooks:
-                hook(state, loss, last)
-            if stop:
-                log.close()
-                raise TrainingInterruptedError(stop[0], state.step, checkpointer.path)
-            if last:
-                break
-    log.close()
+    try:
+        with _stop_signals() as stop, tf32(tc.tf32):
+            state.model.train()
+            while state.step < tc.steps:
+                tick = time.perf_counter()
+                rank_batch = next(batches).to(device)
+                micro = micro_batches(cfg, layout, rank_batch, state.step, device)
+                loss, grad_norm = train_step(state, micro, loss_fn, tc)
+                timed_out = bool(tc.minutes) and tick - start > 60 * tc.minutes
+                votes = torch.stack(
+                    [
+                        loss.float() / world.size,
+                        grad_norm.float() / world.size,
+                        torch.tensor(float(bool(stop)), device=device),
+                        torch.tensor(float(timed_out), device=device),
+                    ]
+                )
+                loss_value, norm_value, signalled, capped = distributed.all_reduce_sum(
+                    votes
+                ).tolist()
+                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                    raise NonFiniteLossError(state.step, loss_value, norm_value, checkpointer)
+                if capped:
+                    stopped_by = "time cap"
+                # Stop on the ranks' common vote, never on a signal that arrived after this
+                # rank voted: every rank leaves at the same step.
+                stopping = signalled > 0
+                stats = StepStats(
+                    loss=loss_value,
+                    grad_norm=norm_value,
+                    lr=state.optimizer.param_groups[0]["lr"],
+                    examples=tc.batch_size,
+                    seconds=time.perf_counter() - tick,
+                )
+                last = state.step == tc.steps or stopped_by != "steps" or stopping
+                for hook in all_hooks:
+                    hook(state, stats, last)
+                if stopping:
+                    distributed.barrier()  # rank 0 has saved before anyone exits
+                    signum = stop[0] if stop else signal.SIGTERM  # signalled rank: its own
+                    raise TrainingInterruptedError(signum, state.step, checkpointer.path)
+                if last:
+                    break
+    finally:
+        log.close()
+    distributed.barrier()
     state.model.eval()
     seconds = time.perf_counter() - start
     return TrainResult(
@@ -184,16 +273,63 @@ def train(
     )
 
 
-def create_state(cfg: Config, sde: SDE, device: torch.device) -> TrainState:
-    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam, noise."""
+def micro_batches(
+    cfg: Config, layout: BatchLayout, rank_batch: Batch, step: int, device: torch.device
+) -> list[MicroBatch]:
+    """This rank's micro-batches of step ``step``, in model scale, with their random streams.
+
+    Every random draw of a micro-batch (dequantization, the loss's time and noise) takes the
+    rows of the draws of one generator over the whole global batch,
+    ``stream(seed, "noise", step)``, and its dropout the seed ``(seed, "dropout", step, chunk)``:
+    a function of the seed, the step and the rows only.
+    """
+    micro = []
+    offset = layout.rank_rows.start
+    for chunk, rows in layout.chunks():
+        local = slice(rows.start - offset, rows.stop - offset)
+        noise = BatchRows(
+            stream(cfg.seed, "noise", step, device=device),
+            layout.global_batch,
+            rows.start,
+            rows.stop,
+        )
+        data = to_memory_format(
+            to_model_scale(rank_batch.data[local], cfg.data, generator=noise), cfg.train
+        )
+        labels = rank_batch.labels[local] if rank_batch.labels is not None else None
+        micro.append(
+            MicroBatch(Batch(data, labels), noise, derive_seed(cfg.seed, "dropout", step, chunk))
+        )
+    return micro
+
+
+def create_state(cfg: Config, sde: SDE, device: torch.device, *, world_size: int = 1) -> TrainState:
+    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam.
+
+    The config's speed switches are applied here: ``channels_last`` weights, activation
+    checkpointing, ``DistributedDataParallel`` when ``world_size > 1``, ``torch.compile`` (of
+    the wrapped network) and bf16 autocast in the score model. The weights trained and saved
+    are always those of the plain network (``state.model``).
+    """
+    tc = cfg.train
     model = build_model(cfg).to(device)
+    ddp: list[nn.parallel.DistributedDataParallel] = []
+
+    def data_parallel(module: nn.Module) -> nn.Module:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp.append(nn.parallel.DistributedDataParallel(module, device_ids=ids))
+        return ddp[0]
+
+    network = prepare_network(model, tc, wrap=data_parallel if world_size > 1 else None)
+    no_sync = ddp[0].no_sync if ddp else None
+    compute_dtype = torch.bfloat16 if tc.bf16 else None
     return TrainState(
         model=model,
-        score_model=build_score_fn(model, sde, cfg),
-        ema=EMA(model, cfg.train.ema_decay),
-        optimizer=make_optimizer(model.parameters(), cfg.train),
+        score_model=build_score_fn(network, sde, cfg, compute_dtype=compute_dtype),
+        ema=EMA(model, tc.ema_decay),
+        optimizer=make_optimizer(model.parameters(), tc),
         step=0,
-        noise=stream(cfg.seed, "noise", device=device),
+        no_sync=no_sync,
     )
 
 
@@ -230,25 +366,22 @@ def check_resume(
     differing = config_differences(old, new, ignore=RESUMABLE_KEYS)
     if differing:
         changes = describe_differences(old, new, differing)
-        allowed = ", ".join(sorted(RESUMABLE_KEYS))
         raise OutputExistsError(
-            f"{workdir} holds a run with another config ({changes}); only {allowed} may change "
-            "on resume: use a new --out"
+            f"{workdir} holds a run with another config ({changes}); only the length, cadence, "
+            "devices and speed switches may change on resume (scoresde train --help lists "
+            "them): use a new --out"
         )
     return has_checkpoint
 
 
-def _restore(ckpt: Checkpoint, state: TrainState) -> dict | None:
-    """Load weights, EMA, optimiser, step and streams; returns the global RNG state."""
+def _restore(ckpt: Checkpoint, state: TrainState) -> None:
+    """Load weights, EMA, optimiser and step (every random stream is a function of the step)."""
     state.model.load_state_dict(ckpt.model)
     if ckpt.ema is not None:
         state.ema.load_state_dict(ckpt.ema)
     if ckpt.optimizer is not None:
         state.optimizer.load_state_dict(ckpt.optimizer)
     state.step = ckpt.step
-    rng = (ckpt.extra or {}).get("rng", {})
-    state.load_rng_state(rng)
-    return rng.get("global")
 
 
 @contextmanager
