@@ -14,17 +14,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from scoresde.evaluation.features import (
-    INCEPTION_WEIGHTS_URL,
     EvaluationError,
     FeatureExtractor,
-    InceptionV3Features,
     MissingDependencyError,
     extract_features,
-    load_reference,
-    save_reference,
-    to_uint8_rgb,
 )
+from scoresde.evaluation.inception import INCEPTION_WEIGHTS_URL, InceptionV3Features, to_uint8_rgb
 from scoresde.evaluation.metrics import feature_statistics
+from scoresde.evaluation.reference import load_reference, save_reference
 
 INCEPTION_MODULE = "torch_fidelity.feature_extractor_inceptionv3"
 

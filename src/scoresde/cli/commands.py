@@ -111,7 +111,8 @@ def _cmd_train(a) -> int:
     from scoresde import distributed
     from scoresde.config import apply_overrides, load_config
     from scoresde.presets import get_preset
-    from scoresde.training.loop import check_resume, train
+    from scoresde.training.loop import train
+    from scoresde.training.resume import check_resume
 
     if a.preset and a.config:
         raise ValueError("give --preset or --config, not both")

@@ -34,20 +34,15 @@ from scoresde.build import sampler_config
 from scoresde.config import Config, EvalConfig, save_config
 from scoresde.data.pipeline import is_image_data, load_split
 from scoresde.distributed import World
-from scoresde.evaluation.features import (
-    EvaluationError,
-    FeatureExtractor,
-    Reference,
-    check_inception_available,
-    extract_features,
-    load_reference,
-)
+from scoresde.evaluation.features import EvaluationError, FeatureExtractor, extract_features
+from scoresde.evaluation.inception import check_inception_available
 from scoresde.evaluation.metrics import (
     feature_statistics,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
 )
+from scoresde.evaluation.reference import Reference, load_reference
 from scoresde.evaluation.samples import SampleStore, as_uint8_images, generate_into
 from scoresde.rundir import OutputExistsError, atomic_write, check_output_dir
 from scoresde.runs import TrainedModel, evaluate_likelihood
@@ -301,7 +296,7 @@ def _configured_extractor(ec: EvalConfig, device: torch.device) -> FeatureExtrac
         from scoresde.evaluation.digits_classifier import load_digits_classifier
 
         return load_digits_classifier(device=device)
-    from scoresde.evaluation.features import InceptionV3Features
+    from scoresde.evaluation.inception import InceptionV3Features
 
     return InceptionV3Features(ec.inception_weights, device=device)
 

@@ -3,7 +3,7 @@
 A run lives in one folder: ``config.json`` (the resolved config), ``checkpoint.safetensors``
 (weights, EMA, optimiser and step: the rolling preemption checkpoint), ``snapshots/``,
 ``metrics.jsonl`` and ``tensorboard/``. Running the same command again resumes it bit-exactly;
-a run folder is never reused for another config (:mod:`scoresde.rundir`). Ctrl-C or SIGTERM
+a run folder is never reused for another config (:mod:`scoresde.training.resume`). Ctrl-C or SIGTERM
 saves a checkpoint at the next step boundary and raises :class:`TrainingInterruptedError`; a
 NaN or infinite loss raises :class:`NonFiniteLossError` and saves nothing. The same function
 runs one process or every process of a ``torchrun`` job (:mod:`scoresde.distributed`). The
@@ -27,17 +27,11 @@ from torch import nn
 
 from scoresde import distributed
 from scoresde.build import build_loss, build_model, build_score_fn, build_sde
-from scoresde.checkpoint import Checkpoint, checkpoint_config, load_checkpoint
-from scoresde.config import Config, config_to_dict, load_config, save_config
+from scoresde.checkpoint import load_checkpoint
+from scoresde.config import Config, save_config
 from scoresde.data.pipeline import Batch, to_model_scale, train_batches
 from scoresde.rundir import (
-    CHECKPOINT_NAME,
     CONFIG_NAME,
-    RESUMABLE_KEYS,
-    OutputExistsError,
-    check_output_dir,
-    config_differences,
-    describe_differences,
 )
 from scoresde.sdes import SDE
 from scoresde.seeding import BatchRows, derive_seed, stream
@@ -52,6 +46,7 @@ from scoresde.training.hooks import (
 )
 from scoresde.training.optim import make_optimizer
 from scoresde.training.performance import prepare_network, tf32, to_memory_format
+from scoresde.training.resume import check_resume, restore
 from scoresde.training.state import (
     BatchLayout,
     MicroBatch,
@@ -136,9 +131,10 @@ def train(
     rounding), so a run may resume on another number of devices.
 
     A ``workdir`` that already holds a run is resumed bit-exactly from its checkpoint when
-    ``resume`` is set and its config differs from ``cfg`` only in :data:`RESUMABLE_KEYS` (length,
-    logging, checkpoint and sample cadence, devices, speed switches); any other difference is
-    refused before any work. ``overwrite`` discards an existing run instead.
+    ``resume`` is set and its config differs from ``cfg`` only in
+    :data:`~scoresde.rundir.RESUMABLE_KEYS` (length, logging, checkpoint and sample cadence,
+    devices, speed switches); any other difference is refused before any work. ``overwrite``
+    discards an existing run instead.
 
     The loop itself only draws batches and calls :func:`train_step`; logging (progress bar,
     ``metrics.jsonl``, TensorBoard), checkpoints (every ``train.checkpoint_every`` steps, at the
@@ -165,7 +161,7 @@ def train(
     loss_fn = build_loss(cfg, sde)
     checkpointer = Checkpointer(workdir, cfg, tc.checkpoint_every, tc.snapshot_every)
     if resuming:
-        _restore(load_checkpoint(checkpointer.path), state)
+        restore(load_checkpoint(checkpointer.path), state)
         checkpointer.saved_step = state.step
     first_step = state.step
     if state.step >= tc.steps:
@@ -331,57 +327,6 @@ def create_state(cfg: Config, sde: SDE, device: torch.device, *, world_size: int
         step=0,
         no_sync=no_sync,
     )
-
-
-def check_resume(
-    workdir: str | Path, cfg: Config, *, resume: bool = True, overwrite: bool = False
-) -> bool:
-    """Whether ``workdir`` holds a checkpoint to resume from; refuses anything unsafe.
-
-    Cheap (it reads the folder's config or the checkpoint's header, builds and loads nothing),
-    so callers can check a run folder before any expensive work. A folder with a
-    ``config.json`` but no checkpoint yet (a run stopped before its first save) must have the
-    same config too.
-
-    Raises:
-        OutputExistsError: as :func:`train` says.
-    """
-    workdir = Path(workdir)
-    check_output_dir(workdir, [], what="a run")
-    if overwrite or not workdir.is_dir():
-        return False
-    ckpt_path, config_path = workdir / CHECKPOINT_NAME, workdir / CONFIG_NAME
-    has_checkpoint = ckpt_path.exists()
-    if not has_checkpoint and not config_path.exists():
-        return False
-    if not resume:
-        raise OutputExistsError(
-            f"{workdir} already holds a run; choose a new --out, or pass --overwrite to replace it"
-        )
-    if has_checkpoint:
-        old = checkpoint_config(ckpt_path)
-    else:
-        old = config_to_dict(load_config(config_path))
-    new = config_to_dict(cfg)
-    differing = config_differences(old, new, ignore=RESUMABLE_KEYS)
-    if differing:
-        changes = describe_differences(old, new, differing)
-        raise OutputExistsError(
-            f"{workdir} holds a run with another config ({changes}); only the length, cadence, "
-            "devices and speed switches may change on resume (scoresde train --help lists "
-            "them): use a new --out"
-        )
-    return has_checkpoint
-
-
-def _restore(ckpt: Checkpoint, state: TrainState) -> None:
-    """Load weights, EMA, optimiser and step (every random stream is a function of the step)."""
-    state.model.load_state_dict(ckpt.model)
-    if ckpt.ema is not None:
-        state.ema.load_state_dict(ckpt.ema)
-    if ckpt.optimizer is not None:
-        state.optimizer.load_state_dict(ckpt.optimizer)
-    state.step = ckpt.step
 
 
 @contextmanager
