@@ -226,3 +226,68 @@ def lower_half_mask(shape: tuple[int, ...]) -> Tensor:
     mask = torch.ones(1, *shape)
     mask[..., shape[-2] // 2 :, :] = 0
     return mask
+
+
+def _latent_options(run: TrainedModel, overrides: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The probability-flow solver options (``eps``, ``rtol``, ``atol``) of ``run.cfg.sample``
+    with ``overrides``, and its batch size."""
+    sc = replace(run.cfg.sample, **overrides)
+    return dict(eps=sc.eps, rtol=sc.ode_rtol, atol=sc.ode_atol), sc.batch_size
+
+
+@torch.no_grad()
+def encode_images(
+    run: TrainedModel, images: Tensor, **overrides: Any
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Encode ``images`` (data scale, ``(N, *shape)``) to latents with the probability-flow ODE
+    and decode them again (:mod:`scoresde.latent`), in batches of ``sample.batch_size``.
+
+    The solver uses ``sample.eps``, ``sample.ode_rtol`` and ``sample.ode_atol``; ``overrides``
+    replace fields of ``run.cfg.sample``. Images enter the model's scale without dequantization.
+
+    Returns:
+        ``(latents (N, *shape), decoded (N, *shape) in data scale, info)`` with
+        ``info["nfe_encode"]``/``info["nfe_decode"]`` (the largest over the batches) and
+        ``info["roundtrip_max_abs_error"]`` (data scale).
+    """
+    from scoresde.latent import decode, encode
+
+    opts, batch_size = _latent_options(run, overrides)
+    data_cfg = replace(run.cfg.data, dequantize=False)
+    latents, decoded, info = [], [], {"nfe_encode": 0, "nfe_decode": 0}
+    for start in range(0, images.shape[0], batch_size):
+        x = to_model_scale(images[start : start + batch_size].to(run.device), data_cfg)
+        z, nfe_encode = encode(run.sde, run.score_fn, x, **opts)
+        y, nfe_decode = decode(run.sde, run.score_fn, z, **opts)
+        info["nfe_encode"] = max(info["nfe_encode"], nfe_encode)
+        info["nfe_decode"] = max(info["nfe_decode"], nfe_decode)
+        latents.append(z.cpu())
+        decoded.append(from_model_scale(y, run.cfg.data).cpu())
+    decoded_all = torch.cat(decoded)
+    info["roundtrip_max_abs_error"] = float((decoded_all - images.cpu()).abs().max())
+    return torch.cat(latents), decoded_all, info
+
+
+@torch.no_grad()
+def interpolate_images(
+    run: TrainedModel, first: Tensor, second: Tensor, num: int = 8, **overrides: Any
+) -> tuple[Tensor, dict[str, Any]]:
+    """``num`` frames from image ``first`` to image ``second`` (data scale, ``shape`` each)
+    through the spherical interpolation of their latents (:func:`scoresde.latent.interpolate`).
+
+    Solver options as in :func:`encode_images`. Returns ``(frames (num, *shape) in data scale,
+    info)`` with ``info["nfe_encode"]``, ``info["nfe_decode"]`` and ``info["alphas"]`` (a list).
+    """
+    from scoresde.latent import interpolate
+
+    opts, _ = _latent_options(run, overrides)
+    data_cfg = replace(run.cfg.data, dequantize=False)
+    x0 = to_model_scale(first.to(run.device), data_cfg)
+    x1 = to_model_scale(second.to(run.device), data_cfg)
+    frames, info = interpolate(run.sde, run.score_fn, x0, x1, num, **opts)
+    summary = {
+        "nfe_encode": info["nfe_encode"],
+        "nfe_decode": info["nfe_decode"],
+        "alphas": info["alphas"].tolist(),
+    }
+    return from_model_scale(frames, run.cfg.data).cpu(), summary

@@ -18,7 +18,19 @@ EXAMPLES = {
     "presets": "example: scoresde presets",
     "convert": "example: scoresde convert checkpoint_26.pth runs/cifar10_ve "
     "--preset ve_cifar10_ncsnpp_continuous",
+    "encode": "example: scoresde encode --checkpoint runs/demo/checkpoint.safetensors "
+    "--images runs/demo/samples_ode.npy --out runs/latents",
+    "interpolate": "example: scoresde interpolate --checkpoint runs/demo/checkpoint.safetensors "
+    "--images runs/demo/samples_ode.npy --first 0 --second 1 --num 8 --out runs/interp",
 }
+
+LATENT_NOTES = """\
+latents: the probability-flow ODE (sample.eps, sample.ode_rtol, sample.ode_atol) maps an image
+  at time sample.eps to its latent z = x(T) and back, deterministically (section 4.3 of the
+  paper); no noise is drawn and no final denoising step is taken, so decoding inverts encoding
+  to the solver's tolerance. --images: an .npy array (N, C, H, W) or (N, H, W) in [0, 1] (uint8
+  0..255 also accepted), or a folder of image files; toy models take an (N, 2) .npy array.
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,4 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--raw-weights", action="store_true", help="keep the raw weights instead of the EMA ones"
     )
     overwrite(c, "a run")
+
+    images_help = "an .npy array (N, C, H, W) or (N, H, W) in [0, 1], or a folder of images"
+    en = add("encode", "Encode images to latents with the probability-flow ODE.", LATENT_NOTES)
+    en.add_argument("--checkpoint", type=Path, required=True)
+    en.add_argument("--images", type=Path, required=True, help=images_help)
+    en.add_argument("--out", type=Path, required=True, help="folder for latents.npy, decoded.png")
+    runtime(en, "sample.ode_rtol=1e-3", seed=False)
+    overwrite(en, "latents")
+
+    ip = add(
+        "interpolate",
+        "Interpolate between two images through their probability-flow latents (slerp).",
+        LATENT_NOTES,
+    )
+    ip.add_argument("--checkpoint", type=Path, required=True)
+    ip.add_argument("--images", type=Path, required=True, help=images_help)
+    ip.add_argument("--first", type=int, default=0, help="index of the first image (default 0)")
+    ip.add_argument("--second", type=int, default=1, help="index of the second image (default 1)")
+    ip.add_argument("--num", type=int, default=8, help="frames, both ends included (default 8)")
+    ip.add_argument(
+        "--out", type=Path, required=True, help="folder for frames.npy, interpolation.png"
+    )
+    runtime(ip, "sample.ode_rtol=1e-3", seed=False)
+    overwrite(ip, "an interpolation")
     return p
