@@ -105,3 +105,25 @@ def mixture_log_prob(sde, mixture: GaussianMixture, x: Tensor, t: Tensor) -> Ten
     """Exact log-density ``(B,)`` of the SDE's marginal ``p_t`` at ``x`` for mixture data."""
     mean_coeff, std = sde.marginal_coeffs(t)
     return mixture.log_prob(x, mean_coeff, std)
+
+
+def mixture_class_log_prob_fn(sde, mixture: GaussianMixture):
+    """The exact noise-conditional classifier ``log p_t(y = k | x)`` of the mixture's components.
+
+    With the components as classes (prior ``w_k``), Bayes' rule on the perturbed marginal gives
+    ``log w_k + log N(x; m(t) mu_k, (m(t)^2 sigma_k^2 + s(t)^2) I) - logsumexp_j (...)``, with
+    ``(m(t), s(t))`` from ``sde.marginal_coeffs`` as in :func:`mixture_score_fn`. This is the
+    ``p_t(y | x(t))`` of the paper's conditional reverse SDE (Song et al., 2021, eq. 14).
+
+    Returns:
+        ``log_prob_fn(x (B, D), t (B,)) -> (B, K)`` normalised log-probabilities, differentiable
+        in ``x`` (for :func:`scoresde.guidance.classifier_guidance`).
+    """
+
+    def log_prob_fn(x: Tensor, t: Tensor) -> Tensor:
+        mean_coeff, std = sde.marginal_coeffs(t)
+        m, s = mixture._coeffs(x, mean_coeff, std)
+        logp, _, _ = mixture._component_log_probs(x, m, s)
+        return torch.log_softmax(logp, dim=1)
+
+    return log_prob_fn
