@@ -291,3 +291,60 @@ def interpolate_images(
         "alphas": info["alphas"].tolist(),
     }
     return from_model_scale(frames, run.cfg.data).cpu(), summary
+
+
+def read_user_images(path: str | Path) -> Tensor:
+    """A user's images: an ``.npy`` array or a folder of image files, as a float tensor
+    ``(N, ...)`` (uint8 arrays and image files are divided by 255), with at least one example.
+
+    Raises:
+        ValueError: a one-line message naming ``path`` (missing, unreadable, wrong shape).
+    """
+    import numpy as np
+
+    from scoresde.data.image_formats import decode_image, image_to_tensor, list_image_files
+
+    path = Path(path)
+    if path.is_dir():
+        files = list_image_files(path)
+        if not files:
+            raise ValueError(f"--images {path} holds no images (png, jpg, jpeg, webp or bmp)")
+        images = [image_to_tensor(decode_image(f)) for f in files]
+        if len({tuple(x.shape) for x in images}) > 1:
+            raise ValueError(f"the images in {path} differ in size; resize them to one size")
+        return torch.stack(images)
+    if not path.is_file():
+        raise ValueError(f"--images {path} does not exist (expected an .npy file or a folder)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"--images {path} is not a readable .npy array: {e}") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3, 4) or arr.shape[0] < 1:
+        shape = getattr(arr, "shape", None)
+        raise ValueError(
+            f"--images {path}: expected an array (N, C, H, W), (N, H, W) or (N, 2), got {shape}"
+        )
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(arr.astype(np.float32) / 255)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"--images {path}: expected a numeric array, got dtype {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def images_for_model(images: Tensor, run: TrainedModel, path: Path | str) -> Tensor:
+    """``images`` (from :func:`read_user_images` of ``path``) in the run's example shape:
+    ``(N, H, W)`` gains the channel axis, RGB becomes grey (the channel mean) for a one-channel
+    model; images must lie in ``[0, 1]``. Raises ``ValueError`` (one line) otherwise."""
+    shape = tuple(run.shape)
+    if images.ndim == 3 and len(shape) == 3 and shape[0] == 1:
+        images = images[:, None]
+    if images.ndim == 4 and images.shape[1] == 3 and shape[:1] == (1,):
+        images = images.mean(dim=1, keepdim=True)
+    if tuple(images.shape[1:]) != shape:
+        raise ValueError(
+            f"--images {path} holds examples of shape {tuple(images.shape[1:])}; the model "
+            f"takes {shape}"
+        )
+    if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"--images {path}: expected values in [0, 1] (data scale)")
+    return images

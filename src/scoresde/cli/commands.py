@@ -301,60 +301,6 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-def _read_images(path):
-    """``--images``: an ``.npy`` array or a folder of image files, as a float tensor ``(N, ...)``
-    (uint8 arrays and image files are divided by 255); checked to hold at least one example."""
-    import numpy as np
-    import torch
-
-    from scoresde.data.image_formats import decode_image, image_to_tensor, list_image_files
-
-    if path.is_dir():
-        files = list_image_files(path)
-        if not files:
-            raise ValueError(f"--images {path} holds no images (png, jpg, jpeg, webp or bmp)")
-        images = [image_to_tensor(decode_image(f)) for f in files]
-        if len({tuple(x.shape) for x in images}) > 1:
-            raise ValueError(f"the images in {path} differ in size; resize them to one size")
-        return torch.stack(images)
-    if not path.is_file():
-        raise ValueError(f"--images {path} does not exist (expected an .npy file or a folder)")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"--images {path} is not a readable .npy array: {e}") from None
-    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3, 4) or arr.shape[0] < 1:
-        shape = getattr(arr, "shape", None)
-        raise ValueError(
-            f"--images {path}: expected an array (N, C, H, W), (N, H, W) or (N, 2), got {shape}"
-        )
-    if arr.dtype == np.uint8:
-        return torch.from_numpy(arr.astype(np.float32) / 255)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"--images {path}: expected a numeric array, got dtype {arr.dtype}")
-    return torch.from_numpy(arr.astype(np.float32))
-
-
-def _match_shape(images, run, path):
-    """``images`` in the run's example shape: ``(N, H, W)`` gains the channel axis, RGB files
-    become grey (the channel mean) for a one-channel model; images must lie in ``[0, 1]``."""
-    from scoresde.data.pipeline import is_image_data
-
-    shape = tuple(run.shape)
-    if images.ndim == 3 and len(shape) == 3 and shape[0] == 1:
-        images = images[:, None]
-    if images.ndim == 4 and images.shape[1] == 3 and shape[:1] == (1,):
-        images = images.mean(dim=1, keepdim=True)
-    if tuple(images.shape[1:]) != shape:
-        raise ValueError(
-            f"--images {path} holds examples of shape {tuple(images.shape[1:])}; the model "
-            f"takes {shape}"
-        )
-    if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"--images {path}: expected values in [0, 1] (data scale)")
-    return images
-
-
 def _save_array(path, tensor) -> None:
     import numpy as np
 
@@ -377,14 +323,14 @@ def _save_picture(x, path, *, nrow: int, title: str) -> None:
 
 def _cmd_encode(a) -> int:
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import encode_images, load_trained
+    from scoresde.runs import encode_images, images_for_model, load_trained, read_user_images
 
     outputs = ["latents.npy", "decoded.png"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what="latents")
-    images = _read_images(a.images)
+    images = read_user_images(a.images)
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
-    images = _match_shape(images, run, a.images)
+    images = images_for_model(images, run, a.images)
     batch = min(opts.get("batch_size", run.cfg.sample.batch_size), images.shape[0])
     _set_threads(a, run.device, lambda: run.score_fn, run.shape, batch, backward=False)
     latents, decoded, info = encode_images(run, images, **opts)
@@ -398,14 +344,14 @@ def _cmd_encode(a) -> int:
 
 def _cmd_interpolate(a) -> int:
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import interpolate_images, load_trained
+    from scoresde.runs import images_for_model, interpolate_images, load_trained, read_user_images
 
     _check_count("--num", a.num, 2)
     _check_count("--first", a.first, 0)
     _check_count("--second", a.second, 0)
     outputs = ["frames.npy", "interpolation.png"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what="an interpolation")
-    images = _read_images(a.images)
+    images = read_user_images(a.images)
     n = images.shape[0]
     if a.first >= n or a.second >= n:
         raise ValueError(
@@ -413,7 +359,7 @@ def _cmd_interpolate(a) -> int:
         )
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
-    images = _match_shape(images, run, a.images)
+    images = images_for_model(images, run, a.images)
     _set_threads(a, run.device, lambda: run.score_fn, run.shape, a.num, backward=False)
     frames, info = interpolate_images(run, images[a.first], images[a.second], a.num, **opts)
     a.out.mkdir(parents=True, exist_ok=True)
