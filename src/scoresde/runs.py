@@ -348,3 +348,38 @@ def images_for_model(images: Tensor, run: TrainedModel, path: Path | str) -> Ten
     if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
         raise ValueError(f"--images {path}: expected values in [0, 1] (data scale)")
     return images
+
+
+@torch.no_grad()
+def colorize_images(
+    run: TrainedModel,
+    images: Tensor,
+    *,
+    method: str = "pc",
+    seed: int = 0,
+    progress: bool = False,
+    **overrides: Any,
+) -> Tensor:
+    """Colour grey ``images`` (data scale, ``(N, 1, H, W)`` or ``(N, 3, H, W)`` with equal
+    channels) with an RGB model (:func:`scoresde.inverse.colorize`, app. I.3).
+
+    ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
+    ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``. Returns ``(N, 3, H, W)``
+    in data scale.
+
+    Raises:
+        ValueError: the model does not take three-channel images.
+    """
+    from scoresde.inverse import colorize
+
+    shape = tuple(run.shape)
+    if len(shape) != 3 or shape[0] != 3:
+        raise ValueError(f"colorization needs an RGB model (3, H, W); this one takes {shape}")
+    sc = replace(run.cfg.sample, **overrides)
+    method, options = sampler_config(sc, method)
+    streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
+    grey = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
+    out = colorize(
+        run.sde, run.score_fn, grey, method=method, generator=streams, progress=progress, **options
+    )
+    return from_model_scale(out, run.cfg.data).cpu()

@@ -22,6 +22,10 @@ EXAMPLES = {
     "--images runs/demo/samples_ode.npy --out runs/latents",
     "interpolate": "example: scoresde interpolate --checkpoint runs/demo/checkpoint.safetensors "
     "--images runs/demo/samples_ode.npy --first 0 --second 1 --num 8 --out runs/interp",
+    "inpaint": "example: scoresde inpaint --checkpoint runs/demo/checkpoint.safetensors "
+    "--image digit.png --mask mask.png --out runs/inpainted --set sample.num_steps=500",
+    "colorize": "example: scoresde colorize --checkpoint runs/cifar10/checkpoint.safetensors "
+    "--image grey.png --out runs/colorized",
 }
 
 LATENT_NOTES = """\
@@ -216,4 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runtime(ip, "sample.ode_rtol=1e-3", seed=False)
     overwrite(ip, "an interpolation")
+
+    inverse_image = "an image file, a folder of images, an .npz or .npy array in [0, 1]"
+    inp = add(
+        "inpaint",
+        "Fill in the unknown pixels of images with the unconditional model (app. I.2).",
+    )
+    inp.add_argument("--checkpoint", type=Path, required=True)
+    inp.add_argument("--image", type=Path, required=True, help=inverse_image)
+    inp.add_argument(
+        "--mask", type=Path, required=True, help="a PNG of the image's size: white = known"
+    )
+    inp.add_argument("--out", type=Path, required=True, help="folder for inpainted.npy/png")
+    runtime(inp, "sample.num_steps=500")
+    overwrite(inp, "an inpainting")
+
+    co = add("colorize", "Colour grey images with an RGB model (app. I.3).")
+    co.add_argument("--checkpoint", type=Path, required=True)
+    co.add_argument("--image", type=Path, required=True, help=inverse_image + " (grey or RGB)")
+    co.add_argument("--out", type=Path, required=True, help="folder for colorized.npy/png")
+    runtime(co, "sample.num_steps=500")
+    overwrite(co, "a colorization")
     return p

@@ -1,0 +1,123 @@
+"""The general linear inverse problem (app. I) with exact Gaussian scores, and the ``inpaint``
+and ``colorize`` subcommands on a tiny digits run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scoresde import VESDE
+from scoresde.cli import main
+from scoresde.inverse import OrthogonalOperator, linear_inverse
+
+F64 = torch.float64
+
+
+def _gaussian_score_fn(sde, mu, sigma):
+    """Exact score of ``N(m mu, m^2 Sigma + s^2 I)`` for data ``(B, D)``."""
+    eye = torch.eye(len(mu), dtype=F64)
+
+    def score_fn(x, t):
+        m, s = sde.marginal_coeffs(t)
+        cov = m[:, None, None] ** 2 * sigma + s[:, None, None] ** 2 * eye
+        return -torch.linalg.solve(cov, x - m[:, None] * mu)
+
+    return score_fn
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_orthogonal_projection_samples_the_gaussian_conditional():
+    """Measure ``z_k = (Q x)_{:k}`` for a random orthogonal ``Q``: in the ``Q`` basis the data
+    are ``N(Q mu, Q Sigma Q^T)`` and the rest ``z_u`` follows the Gaussian conditional."""
+    gen = torch.Generator().manual_seed(0)
+    d, k, n = 3, 1, 3000
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=F64))
+    mu = torch.tensor([0.5, -1.0, 0.3], dtype=F64)
+    a = torch.randn(d, d, generator=gen, dtype=F64)
+    sigma = 0.2 * a @ a.T + 0.1 * torch.eye(d, dtype=F64)
+    sde = VESDE()
+    mask = torch.tensor([1.0] * k + [0.0] * (d - k), dtype=F64)
+    op = OrthogonalOperator(q, mask)
+    x0 = (mu + torch.linalg.cholesky(sigma) @ torch.randn(d, generator=gen, dtype=F64))
+    y = op.forward(x0.expand(n, d).clone())
+    x = linear_inverse(sde, _gaussian_score_fn(sde, mu, sigma), y, op,
+                       generator=torch.Generator().manual_seed(1), predictor="reverse_diffusion",
+                       corrector="langevin", snr=0.16, n_steps=1, num_steps=300)
+    z = op.to_basis(x)
+    torch.testing.assert_close(z[:, :k], y[:, :k], rtol=0, atol=1e-12)
+    qmu, qs = q @ mu, q @ sigma @ q.T
+    gain = qs[k:, :k] @ torch.linalg.inv(qs[:k, :k])
+    cond_mean = qmu[k:] + gain @ (y[0, :k] - qmu[:k])
+    cond_cov = qs[k:, k:] - gain @ qs[:k, k:]
+    cond_std = cond_cov.diagonal().sqrt()
+    zu = z[:, k:]
+    err = (zu.mean(0) - cond_mean).abs()
+    assert bool((err < 4 * cond_std / math.sqrt(n) + 0.015).all()), (zu.mean(0), cond_mean)
+    cov = torch.cov(zu.T)
+    tol = (4 / math.sqrt(n) + 0.05) * cond_std[:, None] * cond_std[None, :]
+    assert bool(((cov - cond_cov).abs() < tol).all()), (cov, cond_cov)
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    from scoresde.config import apply_overrides
+    from scoresde.presets import get_preset
+    from scoresde.training.loop import train
+
+    out = tmp_path_factory.mktemp("digitsrun")
+    cfg = apply_overrides(
+        get_preset("digits_subvp"),
+        ["train.steps=2", "train.batch_size=16", "model.nf=8", "device=cpu"],
+    )
+    train(cfg, out, progress=False)
+    return out / "checkpoint.safetensors"
+
+
+def _one_line_error(code, err):
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
+    gen = np.random.default_rng(0)
+    images = gen.integers(0, 256, size=(2, 1, 8, 8)).astype(np.uint8)
+    np.save(tmp_path / "in.npy", images)
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:4] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
+                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(out), "--set", "sample.num_steps=5", "--threads", "1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    result = np.load(out / "inpainted.npy")
+    assert result.shape == (2, 1, 8, 8)
+    known = images[:, :, :4].astype(np.float32) / 255
+    np.testing.assert_allclose(result[:, :, :4], known, rtol=0, atol=1e-5)
+    assert (out / "inpainted.png").is_file()
+    # a second run refuses to overwrite, in one line
+    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
+                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(out)])
+    _one_line_error(code, capsys.readouterr().err)
+
+
+def test_inpaint_cli_rejects_a_mask_of_the_wrong_size(digits_checkpoint, tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 8, 8), dtype=np.float32))
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "mask.png")
+    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
+                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out")])
+    _one_line_error(code, capsys.readouterr().err)
+
+
+def test_colorize_cli_needs_an_rgb_model(digits_checkpoint, tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "grey.png")
+    code = main(["colorize", "--checkpoint", str(digits_checkpoint), "--image",
+                 str(tmp_path / "grey.png"), "--out", str(tmp_path / "out")])
+    _one_line_error(code, capsys.readouterr().err)
