@@ -121,3 +121,41 @@ def test_colorize_cli_needs_an_rgb_model(digits_checkpoint, tmp_path, capsys):
     code = main(["colorize", "--checkpoint", str(digits_checkpoint), "--image",
                  str(tmp_path / "grey.png"), "--out", str(tmp_path / "out")])
     _one_line_error(code, capsys.readouterr().err)
+
+
+def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
+    from scoresde.config import apply_overrides
+    from scoresde.presets import get_preset
+    from scoresde.training.loop import train
+
+    gen = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(gen.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png"
+        )
+    cfg = apply_overrides(
+        get_preset("vp_cifar10_ddpmpp_continuous"),
+        ["data.dataset=folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=8",
+         "model.nf=8", "model.ch_mult=1", "model.num_res_blocks=1", "train.steps=1",
+         "train.batch_size=4", "device=cpu"],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    grey = gen.integers(0, 256, (2, 8, 8)).astype(np.uint8)
+    np.save(tmp_path / "grey.npy", grey)
+    out = tmp_path / "out"
+    code = main(["colorize", "--checkpoint", str(result.checkpoint), "--image",
+                 str(tmp_path / "grey.npy"), "--out", str(out), "--set", "sample.num_steps=3",
+                 "--threads", "1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    colour = np.load(out / "colorized.npy")
+    assert colour.shape == (2, 3, 8, 8) and (out / "colorized.png").is_file()
+    # The command is the library's colorization (whose grey is kept exactly: test_inverse.py),
+    # with the run's seed and the same per-image streams.
+    from scoresde.runs import colorize_images, load_trained
+
+    run = load_trained(result.checkpoint, device="cpu")
+    expected = colorize_images(run, torch.from_numpy(grey / 255).float(), seed=run.cfg.seed,
+                               num_steps=3)
+    np.testing.assert_allclose(colour, expected.numpy(), atol=1e-5)
+    assert not np.allclose(colour[:, 0], colour[:, 1])  # colour was added

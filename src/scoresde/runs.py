@@ -360,8 +360,9 @@ def colorize_images(
     progress: bool = False,
     **overrides: Any,
 ) -> Tensor:
-    """Colour grey ``images`` (data scale, ``(N, 1, H, W)`` or ``(N, 3, H, W)`` with equal
-    channels) with an RGB model (:func:`scoresde.inverse.colorize`, app. I.3).
+    """Colour grey ``images`` (data scale, ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, 3, H, W)``;
+    colour images are first made grey, the mean of their channels) with an RGB model
+    (:func:`scoresde.inverse.colorize`, app. I.3).
 
     ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
     ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``. Returns ``(N, 3, H, W)``
@@ -375,6 +376,10 @@ def colorize_images(
     shape = tuple(run.shape)
     if len(shape) != 3 or shape[0] != 3:
         raise ValueError(f"colorization needs an RGB model (3, H, W); this one takes {shape}")
+    images = images[:, None] if images.ndim == 3 else images
+    images = images.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    if tuple(images.shape[1:]) != shape:
+        raise ValueError(f"images of shape {tuple(images.shape[1:])}; the model takes {shape}")
     sc = replace(run.cfg.sample, **overrides)
     method, options = sampler_config(sc, method)
     streams = SampleStreams(seed, range(images.shape[0]), device=run.device)

@@ -405,8 +405,9 @@ def _read_mask(path, shape):
     return mask.expand(shape[0], -1, -1)[None]
 
 
-def _inverse_command(a, name: str, what: str, job) -> int:
-    """The shell of ``inpaint`` and ``colorize``: ``job(run, images, **kw)`` does the work."""
+def _inverse_command(a, name: str, what: str, job, *, fit_images: bool = True) -> int:
+    """The shell of ``inpaint`` and ``colorize``: ``job(run, images, **kw)`` does the work;
+    ``fit_images`` puts the images in the model's shape first (colorize takes grey ones)."""
     from scoresde.rundir import check_output_dir
     from scoresde.runs import images_for_model, load_trained
 
@@ -415,11 +416,8 @@ def _inverse_command(a, name: str, what: str, job) -> int:
     images = _read_inverse_images(a.image)
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = _overrides(run.cfg, a.overrides, "sample")
-    if name == "colorized" and tuple(run.shape)[:1] != (3,):
-        raise ValueError(f"colorize needs an RGB model (3, H, W); this one takes {run.shape}")
-    if name == "colorized" and images.ndim == 4 and images.shape[1] in (1, 3):
-        images = images.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-    images = images_for_model(images, run, a.image)
+    if fit_images:
+        images = images_for_model(images, run, a.image)
     method = opts.pop("method", "pc")
     batch = min(opts.pop("batch_size", run.cfg.sample.batch_size), images.shape[0])
     _set_threads(a, run.device, lambda: run.score_fn, run.shape, batch, backward=False)
@@ -445,7 +443,7 @@ def _cmd_inpaint(a) -> int:
 def _cmd_colorize(a) -> int:
     from scoresde.runs import colorize_images
 
-    return _inverse_command(a, "colorized", "a colorization", colorize_images)
+    return _inverse_command(a, "colorized", "a colorization", colorize_images, fit_images=False)
 
 
 COMMANDS = {
