@@ -2,7 +2,7 @@
 
 Errors the user can fix print one line and exit with status 2; set ``SCORESDE_DEBUG=1`` to see
 the full traceback instead. :mod:`scoresde.cli.parser` holds the arguments,
-:mod:`scoresde.cli.commands` the subcommands.
+:mod:`scoresde.cli.commands` and :mod:`scoresde.cli.image_commands` the subcommands.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-from scoresde.cli.commands import COMMANDS
+from scoresde.cli.commands import RUN_COMMANDS
+from scoresde.cli.image_commands import IMAGE_COMMANDS
 from scoresde.cli.parser import build_parser
 
 __all__ = ["main"]
+
+COMMANDS = {**RUN_COMMANDS, **IMAGE_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

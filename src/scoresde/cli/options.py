@@ -1,0 +1,61 @@
+"""From command-line options to library settings: config overrides, counts, CPU threads."""
+
+from __future__ import annotations
+
+
+def overrides(run_cfg, items: list[str], section: str) -> dict:
+    """Parse ``section.key=value`` items into a dict of the changed fields of that section."""
+    from dataclasses import asdict
+
+    from scoresde.config import ConfigError, apply_overrides
+
+    for item in items:
+        if not item.startswith(f"{section}."):
+            raise ConfigError(f"only {section}.* fields can be set here, got {item!r}")
+    section_cfg = getattr(apply_overrides(run_cfg, items), section)
+    return {
+        k: v for k, v in asdict(section_cfg).items() if v != getattr(getattr(run_cfg, section), k)
+    }
+
+
+def set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: bool) -> None:
+    """Decide the CPU thread count once for the whole command: ``--threads N``, or for N = 0
+    the faster of 1 and all threads on one call of the command's main workload
+    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it). Under
+    ``torchrun`` N = 0 keeps the per-process count torchrun sets (``OMP_NUM_THREADS``)."""
+    import torch
+
+    from scoresde.distributed import launched_by_torchrun
+    from scoresde.threads import tune_for_score_fn
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    elif device.type == "cpu" and not launched_by_torchrun():
+        tune_for_score_fn(make_score_fn(), shape, batch_size, device, backward=backward)
+
+
+def set_threads_for_training(a, cfg) -> None:
+    """``--threads`` for a command that trains: timed on a forward and backward pass of a
+    throw-away copy of the config's network at its training batch size."""
+    from scoresde.build import build_model, build_score_fn, build_sde, resolve_device
+    from scoresde.data.pipeline import data_shape
+
+    def make_score_fn():
+        return build_score_fn(build_model(cfg), build_sde(cfg.sde), cfg)
+
+    device = resolve_device(cfg.device)
+    shape, batch = data_shape(cfg.data), cfg.train.device_batch_size or cfg.train.batch_size
+    set_threads(a, device, make_score_fn, shape, batch, backward=True)
+
+
+def run_overrides(a) -> list[str]:
+    """``--seed``/``--device``/``--steps`` as ``key=value`` overrides, before the ``--set`` ones."""
+    items = [f"seed={a.seed}"] if a.seed is not None else []
+    items += [f"device={a.device}"] if a.device is not None else []
+    items += [f"train.steps={a.steps}"] if getattr(a, "steps", None) is not None else []
+    return items + a.overrides
+
+
+def check_count(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

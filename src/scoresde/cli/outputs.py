@@ -1,0 +1,26 @@
+"""What commands write: arrays (atomically) and pictures."""
+
+from __future__ import annotations
+
+import io
+
+
+def save_array(path, tensor) -> None:
+    """``tensor`` as an ``.npy`` file at ``path``, written atomically."""
+    import numpy as np
+
+    from scoresde.rundir import atomic_write
+
+    buffer = io.BytesIO()
+    np.save(buffer, tensor.numpy())
+    atomic_write(path, buffer.getvalue())
+
+
+def save_picture(x, path, *, nrow: int, title: str) -> None:
+    """Images as a grid, toy points as a scatter."""
+    from scoresde.viz import save_image_grid, save_scatter
+
+    if x.ndim == 4:
+        save_image_grid(x, path, nrow=nrow)
+    else:
+        save_scatter(x, path, title=title)
