@@ -151,3 +151,34 @@ def test_colorize_keeps_grey_and_samples_the_chroma():
     out3 = colorize(sde, score_fn, grey.expand(-1, 3, -1, -1),
                     generator=torch.Generator().manual_seed(1), num_steps=200)
     torch.testing.assert_close(out3, out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde", [VESDE(sigma_max=10.0), VPSDE()], ids=["VE", "VP"])
+def test_inpaint_samples_the_conditional_mixture(sde):
+    """Known ``x_1 = a`` of a 2-D mixture of isotropic Gaussians: the missing ``x_2`` follows
+    the mixture of ``N(mu_k2, s_k^2)`` with weights ``w_k N(a; mu_k1, s_k^2)`` renormalised."""
+    from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+
+    mix = GaussianMixture(
+        torch.tensor([0.5, 0.3, 0.2], dtype=F64),
+        torch.tensor([[0.0, -3.0], [0.5, 2.0], [4.0, 0.0]], dtype=F64),
+        torch.tensor([0.6, 0.5, 0.4], dtype=F64),
+    )
+    a, n = 0.3, 3000
+    log_w = torch.log(mix.weights) - 0.5 * ((a - mix.means[:, 0]) / mix.stds) ** 2
+    log_w = log_w - torch.log(mix.stds)
+    cond_w = torch.softmax(log_w, dim=0)  # (0.57, 0.43, 0.00): two modes of x_2 remain
+    data = torch.tensor([a, 0.0], dtype=F64).expand(n, 2).clone()
+    mask = torch.tensor([1.0, 0.0], dtype=F64)
+    x = inpaint(sde, mixture_score_fn(sde, mix), data, mask,
+                generator=torch.Generator().manual_seed(0), predictor="reverse_diffusion",
+                corrector="langevin", snr=0.16, n_steps=2, num_steps=300)
+    assert torch.equal(x[:, 0], data[:, 0])
+    u = x[:, 1]
+    nearest = (u[:, None] - mix.means[None, :, 1]).abs().argmin(dim=1)
+    fractions = torch.bincount(nearest, minlength=3).to(F64) / n
+    assert torch.allclose(fractions, cond_w, atol=4 * math.sqrt(0.25 / n) + 0.03), fractions
+    for k in (0, 1):
+        mode = u[nearest == k]
+        assert abs(float(mode.mean()) - float(mix.means[k, 1])) < 0.1
+        assert abs(float(mode.std()) / float(mix.stds[k]) - 1) < 0.1
