@@ -42,11 +42,20 @@ def test_orthogonal_projection_samples_the_gaussian_conditional():
     sde = VESDE()
     mask = torch.tensor([1.0] * k + [0.0] * (d - k), dtype=F64)
     op = OrthogonalOperator(q, mask)
-    x0 = (mu + torch.linalg.cholesky(sigma) @ torch.randn(d, generator=gen, dtype=F64))
+    x0 = mu + torch.linalg.cholesky(sigma) @ torch.randn(d, generator=gen, dtype=F64)
     y = op.forward(x0.expand(n, d).clone())
-    x = linear_inverse(sde, _gaussian_score_fn(sde, mu, sigma), y, op,
-                       generator=torch.Generator().manual_seed(1), predictor="reverse_diffusion",
-                       corrector="langevin", snr=0.16, n_steps=1, num_steps=300)
+    x = linear_inverse(
+        sde,
+        _gaussian_score_fn(sde, mu, sigma),
+        y,
+        op,
+        generator=torch.Generator().manual_seed(1),
+        predictor="reverse_diffusion",
+        corrector="langevin",
+        snr=0.16,
+        n_steps=1,
+        num_steps=300,
+    )
     z = op.to_basis(x)
     torch.testing.assert_close(z[:, :k], y[:, :k], rtol=0, atol=1e-12)
     qmu, qs = q @ mu, q @ sigma @ q.T
@@ -91,9 +100,24 @@ def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
     mask[:4] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
-                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
-                 str(out), "--set", "sample.num_steps=5", "--threads", "1", "--no-progress"])
+    code = main(
+        [
+            "inpaint",
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--image",
+            str(tmp_path / "in.npy"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--out",
+            str(out),
+            "--set",
+            "sample.num_steps=5",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = np.load(out / "inpainted.npy")
     assert result.shape == (2, 1, 8, 8)
@@ -101,25 +125,54 @@ def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(result[:, :, :4], known, rtol=0, atol=1e-5)
     assert (out / "inpainted.png").is_file()
     # a second run refuses to overwrite, in one line
-    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
-                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
-                 str(out)])
+    code = main(
+        [
+            "inpaint",
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--image",
+            str(tmp_path / "in.npy"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--out",
+            str(out),
+        ]
+    )
     _one_line_error(code, capsys.readouterr().err)
 
 
 def test_inpaint_cli_rejects_a_mask_of_the_wrong_size(digits_checkpoint, tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.zeros((1, 1, 8, 8), dtype=np.float32))
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "mask.png")
-    code = main(["inpaint", "--checkpoint", str(digits_checkpoint), "--image",
-                 str(tmp_path / "in.npy"), "--mask", str(tmp_path / "mask.png"), "--out",
-                 str(tmp_path / "out")])
+    code = main(
+        [
+            "inpaint",
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--image",
+            str(tmp_path / "in.npy"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _one_line_error(code, capsys.readouterr().err)
 
 
 def test_colorize_cli_needs_an_rgb_model(digits_checkpoint, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "grey.png")
-    code = main(["colorize", "--checkpoint", str(digits_checkpoint), "--image",
-                 str(tmp_path / "grey.png"), "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "colorize",
+            "--checkpoint",
+            str(digits_checkpoint),
+            "--image",
+            str(tmp_path / "grey.png"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _one_line_error(code, capsys.readouterr().err)
 
 
@@ -136,17 +189,38 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
         )
     cfg = apply_overrides(
         get_preset("vp_cifar10_ddpmpp_continuous"),
-        ["data.dataset=folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=8",
-         "model.nf=8", "model.ch_mult=1", "model.num_res_blocks=1", "train.steps=1",
-         "train.batch_size=4", "device=cpu"],
+        [
+            "data.dataset=folder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.image_size=8",
+            "model.nf=8",
+            "model.ch_mult=1",
+            "model.num_res_blocks=1",
+            "train.steps=1",
+            "train.batch_size=4",
+            "device=cpu",
+        ],
     )
     result = train(cfg, tmp_path / "run", progress=False)
     grey = gen.integers(0, 256, (2, 8, 8)).astype(np.uint8)
     np.save(tmp_path / "grey.npy", grey)
     out = tmp_path / "out"
-    code = main(["colorize", "--checkpoint", str(result.checkpoint), "--image",
-                 str(tmp_path / "grey.npy"), "--out", str(out), "--set", "sample.num_steps=3",
-                 "--threads", "1", "--no-progress"])
+    code = main(
+        [
+            "colorize",
+            "--checkpoint",
+            str(result.checkpoint),
+            "--image",
+            str(tmp_path / "grey.npy"),
+            "--out",
+            str(out),
+            "--set",
+            "sample.num_steps=3",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     colour = np.load(out / "colorized.npy")
     assert colour.shape == (2, 3, 8, 8) and (out / "colorized.png").is_file()
@@ -155,7 +229,26 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
     from scoresde.runs import colorize_images, load_trained
 
     run = load_trained(result.checkpoint, device="cpu")
-    expected = colorize_images(run, torch.from_numpy(grey / 255).float(), seed=run.cfg.seed,
-                               num_steps=3)
+    expected = colorize_images(
+        run, torch.from_numpy(grey / 255).float(), seed=run.cfg.seed, num_steps=3
+    )
     np.testing.assert_allclose(colour, expected.numpy(), atol=1e-5)
     assert not np.allclose(colour[:, 0], colour[:, 1])  # colour was added
+
+
+def test_user_images_come_from_a_file_a_folder_an_npy_or_an_npz(tmp_path):
+    from scoresde.runs import read_user_images
+
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(pixels).save(tmp_path / "one.png")
+    one = read_user_images(tmp_path / "one.png")
+    assert one.shape == (1, 3, 8, 8) and float(one[0, 0, 0, 1]) == pytest.approx(1 / 255)
+    np.savez(tmp_path / "named.npz", images=pixels[None], other=np.zeros(3))
+    assert torch.equal(
+        read_user_images(tmp_path / "named.npz"), torch.from_numpy(pixels[None] / 255).float()
+    )
+    np.savez(tmp_path / "two.npz", a=pixels[None], b=pixels[None])
+    with pytest.raises(ValueError, match="expected an 'images' array or one array"):
+        read_user_images(tmp_path / "two.npz")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_user_images(tmp_path / "missing.npz")

@@ -130,6 +130,24 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def atomic_save_arrays(path: str | Path, *args: Any, **arrays: Any) -> Path:
+    """Write numpy arrays atomically (:func:`atomic_write`): one array as ``.npy``
+    (``atomic_save_arrays(path, array)``), named arrays as ``.npz``
+    (``atomic_save_arrays(path, name=array, ...)``)."""
+    import io
+
+    import numpy as np
+
+    if len(args) > 1 or bool(args) == bool(arrays):
+        raise TypeError("atomic_save_arrays takes one array, or named arrays, not both")
+    buffer = io.BytesIO()
+    if args:
+        np.save(buffer, args[0])
+    else:
+        np.savez(buffer, **arrays)
+    return atomic_write(path, buffer.getvalue())
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a rename durable where directories can be fsynced (POSIX); a no-op elsewhere."""
     try:

@@ -204,20 +204,32 @@ def inpaint_images(
     ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
     ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``.
     """
+    mask = mask.to(run.device)
+
+    def solve(y: Tensor, **kw: Any) -> Tensor:
+        return inpaint(run.sde, run.score_fn, y, mask, **kw)
+
+    return _solve_inverse(run, images, solve, method, seed, progress, overrides)
+
+
+def _solve_inverse(
+    run: TrainedModel,
+    images: Tensor,
+    solve: Any,
+    method: str,
+    seed: int,
+    progress: bool,
+    overrides: dict[str, Any],
+) -> Tensor:
+    """The shell of the inverse-problem jobs: ``solve(y, method=, generator=, progress=,
+    **options)`` on ``images`` in model scale (not dequantized), with the sampler of
+    ``run.cfg.sample`` and ``overrides``, image ``k`` drawing from the stream ``(seed, k)``;
+    back in data scale."""
     sc = replace(run.cfg.sample, **overrides)
     method, options = sampler_config(sc, method)
     streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
     y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
-    out = inpaint(
-        run.sde,
-        run.score_fn,
-        y,
-        mask.to(run.device),
-        method=method,
-        generator=streams,
-        progress=progress,
-        **options,
-    )
+    out = solve(y, method=method, generator=streams, progress=progress, **options)
     return from_model_scale(out, run.cfg.data).cpu()
 
 
@@ -294,40 +306,57 @@ def interpolate_images(
 
 
 def read_user_images(path: str | Path) -> Tensor:
-    """A user's images: an ``.npy`` array or a folder of image files, as a float tensor
-    ``(N, ...)`` (uint8 arrays and image files are divided by 255), with at least one example.
+    """A user's images: one image file, a folder of them, an ``.npy`` array or an ``.npz`` (its
+    ``images`` array, or its only one), as a float tensor ``(N, ...)`` (uint8 arrays and image
+    files are divided by 255), with at least one example.
 
     Raises:
         ValueError: a one-line message naming ``path`` (missing, unreadable, wrong shape).
     """
+    import zipfile
+
     import numpy as np
 
-    from scoresde.data.image_formats import decode_image, image_to_tensor, list_image_files
+    from scoresde.data.image_formats import (
+        IMAGE_EXTENSIONS,
+        decode_image,
+        image_to_tensor,
+        list_image_files,
+    )
 
     path = Path(path)
     if path.is_dir():
         files = list_image_files(path)
         if not files:
-            raise ValueError(f"--images {path} holds no images (png, jpg, jpeg, webp or bmp)")
+            raise ValueError(f"images {path}: the folder holds no png, jpg, jpeg, webp or bmp")
         images = [image_to_tensor(decode_image(f)) for f in files]
         if len({tuple(x.shape) for x in images}) > 1:
             raise ValueError(f"the images in {path} differ in size; resize them to one size")
         return torch.stack(images)
     if not path.is_file():
-        raise ValueError(f"--images {path} does not exist (expected an .npy file or a folder)")
+        raise ValueError(f"images {path}: it does not exist (an image, folder, .npy or .npz)")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return image_to_tensor(decode_image(path))[None]
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"--images {path} is not a readable .npy array: {e}") from None
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            with arr as arrays:
+                arr = {name: arrays[name] for name in arrays.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"images {path} is not a readable .npy/.npz array: {e}") from None
+    if isinstance(arr, dict):
+        if "images" not in arr and len(arr) != 1:
+            raise ValueError(f"images {path}: expected an 'images' array or one array")
+        arr = arr["images"] if "images" in arr else next(iter(arr.values()))
     if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3, 4) or arr.shape[0] < 1:
         shape = getattr(arr, "shape", None)
         raise ValueError(
-            f"--images {path}: expected an array (N, C, H, W), (N, H, W) or (N, 2), got {shape}"
+            f"images {path}: expected an array (N, C, H, W), (N, H, W) or (N, 2), got {shape}"
         )
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.astype(np.float32) / 255)
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"--images {path}: expected a numeric array, got dtype {arr.dtype}")
+        raise ValueError(f"images {path}: expected a numeric array, got dtype {arr.dtype}")
     return torch.from_numpy(arr.astype(np.float32))
 
 
@@ -342,11 +371,11 @@ def images_for_model(images: Tensor, run: TrainedModel, path: Path | str) -> Ten
         images = images.mean(dim=1, keepdim=True)
     if tuple(images.shape[1:]) != shape:
         raise ValueError(
-            f"--images {path} holds examples of shape {tuple(images.shape[1:])}; the model "
+            f"images {path} hold examples of shape {tuple(images.shape[1:])}; the model "
             f"takes {shape}"
         )
     if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"--images {path}: expected values in [0, 1] (data scale)")
+        raise ValueError(f"images {path}: expected values in [0, 1] (data scale)")
     return images
 
 
@@ -380,11 +409,8 @@ def colorize_images(
     images = images.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     if tuple(images.shape[1:]) != shape:
         raise ValueError(f"images of shape {tuple(images.shape[1:])}; the model takes {shape}")
-    sc = replace(run.cfg.sample, **overrides)
-    method, options = sampler_config(sc, method)
-    streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
-    grey = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
-    out = colorize(
-        run.sde, run.score_fn, grey, method=method, generator=streams, progress=progress, **options
-    )
-    return from_model_scale(out, run.cfg.data).cpu()
+
+    def solve(grey: Tensor, **kw: Any) -> Tensor:
+        return colorize(run.sde, run.score_fn, grey, **kw)
+
+    return _solve_inverse(run, images, solve, method, seed, progress, overrides)

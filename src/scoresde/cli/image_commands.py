@@ -61,29 +61,6 @@ def _cmd_interpolate(a) -> int:
     return 0
 
 
-def _read_inverse_images(path):
-    """``--image``: one image file, an ``.npz`` (its ``images`` array or its only one), or what
-    :func:`scoresde.runs.read_user_images` reads (an ``.npy`` array or a folder)."""
-    import numpy as np
-    import torch
-
-    from scoresde.data.image_formats import decode_image, image_to_tensor
-    from scoresde.runs import read_user_images
-
-    suffix = path.suffix.lower()
-    if path.is_file() and suffix in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}:
-        return image_to_tensor(decode_image(path))[None]
-    if path.is_file() and suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:
-            names = list(arrays.keys())
-            if "images" not in names and len(names) != 1:
-                raise ValueError(f"--image {path}: expected an 'images' array or one array")
-            arr = arrays["images" if "images" in names else names[0]]
-        scale = 255 if arr.dtype == np.uint8 else 1
-        return torch.from_numpy(arr.astype(np.float32) / scale)
-    return read_user_images(path)
-
-
 def _read_mask(path, shape):
     """``--mask`` PNG (white = known) as a 0/1 tensor ``(1, C, H, W)`` for examples ``shape``."""
     from scoresde.data.image_formats import decode_image, image_to_tensor
@@ -100,11 +77,11 @@ def _inverse_command(a, name: str, what: str, job, *, fit_images: bool = True) -
     """The shell of ``inpaint`` and ``colorize``: ``job(run, images, **kw)`` does the work;
     ``fit_images`` puts the images in the model's shape first (colorize takes grey ones)."""
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import images_for_model, load_trained
+    from scoresde.runs import images_for_model, load_trained, read_user_images
 
     outputs = [f"{name}.npy", f"{name}.png"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what=what)
-    images = _read_inverse_images(a.image)
+    images = read_user_images(a.image)
     run = load_trained(a.checkpoint, device=a.device or "auto")
     opts = overrides(run.cfg, a.overrides, "sample")
     if fit_images:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 
 def save_array(path, tensor) -> None:
     """``tensor`` as an ``.npy`` file at ``path``, written atomically."""
-    import numpy as np
+    from scoresde.rundir import atomic_save_arrays
 
-    from scoresde.rundir import atomic_write
-
-    buffer = io.BytesIO()
-    np.save(buffer, tensor.numpy())
-    atomic_write(path, buffer.getvalue())
+    atomic_save_arrays(path, tensor.numpy())
 
 
 def save_picture(x, path, *, nrow: int, title: str) -> None:

@@ -44,7 +44,12 @@ from scoresde.evaluation.metrics import (
 )
 from scoresde.evaluation.reference import Reference, load_reference
 from scoresde.evaluation.samples import SampleStore, as_uint8_images, generate_into
-from scoresde.rundir import OutputExistsError, atomic_write, check_output_dir
+from scoresde.rundir import (
+    OutputExistsError,
+    atomic_save_arrays,
+    atomic_write,
+    check_output_dir,
+)
 from scoresde.runs import TrainedModel, evaluate_likelihood
 from scoresde.seeding import derive_seed
 
@@ -231,16 +236,12 @@ def _prepare_folder(out: Path, manifest: dict, world: World, overwrite: bool) ->
 
 
 def _write_samples(out: Path, samples: Tensor) -> None:
-    import io
-
     from scoresde.viz import save_image_grid, save_scatter
 
     arrays = {"samples": samples.numpy()}
     if samples.ndim == 4:
         arrays["images_uint8"] = as_uint8_images(samples)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(out / "samples.npz", buffer.getvalue())
+    atomic_save_arrays(out / "samples.npz", **arrays)
     if samples.ndim == 4:
         save_image_grid(samples[:64], out / "samples.png", nrow=8)
     else:

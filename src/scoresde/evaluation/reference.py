@@ -9,7 +9,6 @@ extracts features from a folder of images; :func:`save_reference` writes ``mu``,
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from scoresde.evaluation.features import (
     run_extractor,
 )
 from scoresde.evaluation.metrics import FeatureStats, feature_statistics
+from scoresde.rundir import atomic_save_arrays
 
 __all__ = ["Reference", "load_reference", "save_reference"]
 
@@ -214,8 +214,9 @@ def load_reference(
 def save_reference(path: str | os.PathLike[str], features: Tensor) -> Path:
     """Write ``mu``, ``sigma`` (float64) and ``features`` ``(N, D)`` to an ``.npz``, atomically.
 
-    The file is written beside ``path`` under a temporary name and moved into place with
-    ``os.replace``, so readers never see a partial file. :func:`load_reference` reads it back.
+    The file is written beside ``path`` under a temporary name and renamed into place
+    (:func:`scoresde.rundir.atomic_write`), so readers never see a partial file.
+    :func:`load_reference` reads it back.
 
     Args:
         path: the ``.npz`` to write; missing parent folders are created.
@@ -227,18 +228,10 @@ def save_reference(path: str | os.PathLike[str], features: Tensor) -> Path:
     stats = feature_statistics(features)
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                mu=stats.mu.cpu().numpy(),
-                sigma=stats.sigma.cpu().numpy(),
-                features=features.detach().to("cpu", torch.float32).numpy(),
-            )
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_save_arrays(
+        target,
+        mu=stats.mu.cpu().numpy(),
+        sigma=stats.sigma.cpu().numpy(),
+        features=features.detach().to("cpu", torch.float32).numpy(),
+    )
     return target

@@ -10,7 +10,6 @@ indices when it is run again, and the parts are put together in index order at t
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from scoresde.distributed import World
-from scoresde.rundir import atomic_write
+from scoresde.rundir import atomic_save_arrays
 from scoresde.runs import TrainedModel, generate
 
 PART_NAME = re.compile(r"^(\d+)-(\d+)\.npz$")
@@ -79,11 +78,10 @@ class SampleStore:
 
     def write(self, indices: range, samples: Tensor, nfe: int) -> Path:
         """Store samples ``indices`` (atomically: a killed write leaves no part)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, samples=samples.numpy().astype(np.float32), nfe=np.int64(nfe))
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{indices.start:08d}-{indices.stop:08d}.npz"
-        return atomic_write(path, buffer.getvalue())
+        samples = samples.numpy().astype(np.float32)
+        return atomic_save_arrays(path, samples=samples, nfe=np.int64(nfe))
 
     def load(self) -> tuple[Tensor, list[int]]:
         """All samples ``(num_samples, ...)`` in index order and each part's NFE.
