@@ -215,3 +215,19 @@ def test_evaluation_hook_appends_the_test_likelihood(tmp_path):
     train(apply_overrides(cfg, ["train.steps=6"]), tmp_path, progress=False)
     text = (tmp_path / "eval.jsonl").read_text()
     assert [json.loads(line)["step"] for line in text.splitlines()] == [2, 4, 6]
+
+
+def test_snapshots_are_kept_every_so_many_steps_and_never_rewritten(tmp_path):
+    from scoresde.checkpoint import load_checkpoint
+
+    cfg = _tiny(6, **{"train.checkpoint_every": 4, "train.snapshot_every": 2})
+    train(cfg, tmp_path, progress=False)
+    snapshots = sorted((tmp_path / "snapshots").iterdir())
+    assert [p.name for p in snapshots] == [f"step_{s:07d}.safetensors" for s in (2, 4, 6)]
+    assert [load_checkpoint(p).step for p in snapshots] == [2, 4, 6]
+    final = tmp_path / "checkpoint.safetensors"
+    assert snapshots[-1].read_bytes() == final.read_bytes()  # step 6: the checkpoint, copied
+    stamps = [p.stat().st_mtime_ns for p in snapshots]
+    train(apply_overrides(cfg, ["train.steps=8"]), tmp_path, progress=False)
+    assert [p.stat().st_mtime_ns for p in snapshots] == stamps
+    assert load_checkpoint(tmp_path / "snapshots" / "step_0000008.safetensors").step == 8

@@ -149,11 +149,17 @@ class Checkpointer:
         self.saved_step: int | None = None
 
     def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        if last or (self.every and state.step % self.every == 0):
+        saved = last or (self.every and state.step % self.every == 0)
+        if saved:
             self.save(state)
         if self.snapshot_every and state.step % self.snapshot_every == 0:
             snapshot = self.snapshots / f"step_{state.step:07d}.safetensors"
-            if not snapshot.exists():  # the same step of the same run: the same weights
+            if snapshot.exists():  # the same step of the same run: the same weights
+                return
+            if saved:  # the checkpoint of this very step: copy it, do not serialise again
+                snapshot.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(snapshot, self.path.read_bytes())
+            else:
                 self.save(state, snapshot)
 
     def save(self, state: TrainState, path: Path | None = None) -> Path:
