@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,8 @@ def train_step(
     total = torch.zeros((), device=device)
     n = len(micro_batches)
     for i, micro in enumerate(micro_batches):
-        sync = state.no_sync() if state.no_sync is not None and i < n - 1 else _nothing()
+        last_micro = i == n - 1
+        sync = state.no_sync() if state.no_sync is not None and not last_micro else nullcontext()
         with sync, private_global_rng(micro.dropout_seed, device):
             score_fn = _conditioned(state.score_model, micro.batch.labels)
             loss = loss_fn(score_fn, micro.batch.data, micro.noise).mean() / n
@@ -159,10 +161,6 @@ def train_step(
     state.ema.update(state.model)
     state.step += 1
     return total, grad_norm.detach()
-
-
-def _nothing() -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
 
 
 def _conditioned(score_model: Any, labels: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
