@@ -136,8 +136,9 @@ def build_step(a: argparse.Namespace, switches: tuple[str, ...]):
 
     import torch
 
-    from scoresde.build import build_loss, build_model, build_score_fn, build_sde, resolve_device
+    from scoresde.build import build_loss, build_model, build_score_fn, build_sde
     from scoresde.data.pipeline import data_shape
+    from scoresde.devices import resolve_device
     from scoresde.presets import get_preset
     from scoresde.training.optim import make_optimizer
     from scoresde.training.performance import prepare_network, tf32, to_memory_format

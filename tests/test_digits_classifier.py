@@ -242,3 +242,17 @@ def test_real_digits_are_closer_to_real_digits_than_noise_is(cached, digits):
         f"\nFrechet distance to the train features: real test digits {real:.3f}, noise {fake:.3f}"
     )
     assert real < 0.1 * fake
+
+
+def test_conditional_accuracy_of_real_digits_by_their_labels():
+    """Real held-out digits, labelled with their true classes, are what class-conditional
+    samples should look like: the independent classifier recognises them (99% held out)."""
+    from scoresde.data.digits import load_digits_labeled_split
+    from scoresde.evaluation.digits_classifier import conditional_accuracy
+
+    _, _, images, labels = load_digits_labeled_split()
+    result = conditional_accuracy(images, labels)
+    assert sorted(result["per_class"], key=int) == [str(k) for k in range(10)]
+    assert result["mean"] > 0.97 and min(result["per_class"].values()) > 0.9
+    shuffled = conditional_accuracy(images, labels.roll(7))
+    assert shuffled["mean"] < 0.3  # wrong labels: about chance

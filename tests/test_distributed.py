@@ -149,9 +149,9 @@ def test_two_processes_train_the_one_process_weights_and_resume_after_sigterm(tm
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import scoresde.training.loop as loop
+    import scoresde.training.objectives as objectives
 
-    real_build_loss = loop.build_loss
+    real_build_loss = objectives.build_loss
     calls = {"n": 0}
 
     def poisoned(cfg, sde):
@@ -164,7 +164,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
         return loss
 
-    monkeypatch.setattr(loop, "build_loss", poisoned)
+    monkeypatch.setattr(objectives, "build_loss", poisoned)
     with pytest.raises(
         NonFiniteLossError,
         match="loss nan at step 7; the last good checkpoint "

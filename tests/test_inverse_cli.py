@@ -226,7 +226,8 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
     assert colour.shape == (2, 3, 8, 8) and (out / "colorized.png").is_file()
     # The command is the library's colorization (whose grey is kept exactly: test_inverse.py),
     # with the run's seed and the same per-image streams.
-    from scoresde.runs import colorize_images, load_trained
+    from scoresde.image_jobs import colorize_images
+    from scoresde.runs import load_trained
 
     run = load_trained(result.checkpoint, device="cpu")
     expected = colorize_images(
@@ -237,7 +238,7 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
 
 
 def test_user_images_come_from_a_file_a_folder_an_npy_or_an_npz(tmp_path):
-    from scoresde.runs import read_user_images
+    from scoresde.image_jobs import read_user_images
 
     pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
     Image.fromarray(pixels).save(tmp_path / "one.png")

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from scoresde.data import toy
-from scoresde.data.toy import TOY_DATASETS, sample_toy, toy_gmm
+from scoresde.data.toy import (
+    TOY_DATASETS,
+    TOY_NUM_CLASSES,
+    sample_toy,
+    sample_toy_labeled,
+    toy_gmm,
+)
 
 N = 20_000
 
@@ -86,3 +92,64 @@ def test_swissroll_is_a_centred_unit_spread_spiral():
     # cos(r - angle) has median ~cos(0.34) = 0.94; a mirrored spiral or a blob gives ~0
     agreement = torch.cos(radius) * raw[:, 0] / radius + torch.sin(radius) * raw[:, 1] / radius
     assert agreement.median().item() > 0.9
+
+
+@pytest.mark.parametrize("name", ["gmm", "moons"])
+def test_labeled_points_are_bit_identical_and_draw_the_same(name):
+    state = torch.get_rng_state()
+    g_plain, g_labeled = _gen(7), _gen(7)
+    plain = sample_toy(name, 3000, generator=g_plain)
+    points, labels = sample_toy_labeled(name, 3000, generator=g_labeled)
+    assert torch.equal(points, plain) and points.dtype == torch.float32
+    assert labels.shape == (3000,) and labels.dtype == torch.int64
+    assert labels.min().item() >= 0 and labels.max().item() == TOY_NUM_CLASSES[name] - 1
+    # both consumed the generator alike: the next draws agree too
+    assert torch.equal(torch.rand(5, generator=g_plain), torch.rand(5, generator=g_labeled))
+    again, labels_again = sample_toy_labeled(name, 3000, generator=_gen(7))
+    assert torch.equal(again, plain) and torch.equal(labels_again, labels)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG must not be used"
+
+
+def test_num_classes_and_unlabelled_toys():
+    assert TOY_NUM_CLASSES == {"gmm": 8, "moons": 2}
+    with pytest.raises(ValueError, match=r"^toy dataset 'swissroll' has no class labels") as err:
+        sample_toy_labeled("swissroll", 10, generator=_gen(0))
+    assert "\n" not in str(err.value) and "['gmm', 'moons']" in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown toy dataset 'rings'"):
+        sample_toy_labeled("rings", 10)
+
+
+def test_gmm_labels_are_the_components():
+    gmm = toy_gmm()
+    x, labels = sample_toy_labeled("gmm", N, generator=_gen(0))
+    nearest = torch.cdist(x, gmm.means).argmin(dim=1)
+    # modes 3.06 apart, std 0.3: a point is nearer another mode with probability ~1e-7
+    assert (nearest == labels).float().mean().item() > 0.999
+    counts = torch.bincount(labels, minlength=8).float()
+    assert counts.shape == (8,) and counts.sum().item() == N
+    assert (counts - N / 8).abs().max().item() < 5 * math.sqrt(N / 8 * (1 - 1 / 8))
+    chi2 = ((counts - N / 8) ** 2 / (N / 8)).sum().item()
+    assert chi2 < 30.0  # 7 degrees of freedom: P(chi2 > 30) ~ 1e-4
+    residual = x - gmm.means[labels]
+    torch.testing.assert_close(residual.std(dim=0), torch.full((2,), 0.3), atol=0.01, rtol=0)
+    torch.testing.assert_close(residual.mean(dim=0), torch.zeros(2), atol=0.01, rtol=0)
+
+
+def test_moons_labels_are_the_half_circles():
+    x, labels = sample_toy_labeled("moons", N, generator=_gen(1))
+    assert set(labels.unique().tolist()) == {0, 1}
+    assert abs(labels.float().mean().item() - 0.5) < 5 * math.sqrt(0.25 / N)
+    upper, lower = x[labels == 0], x[labels == 1]
+    # rescaled frame: the upper moon lies above and to the left of the lower one
+    assert upper[:, 1].mean().item() > 0.5 > -0.5 > lower[:, 1].mean().item()
+    assert upper[:, 0].mean().item() < 0 < lower[:, 0].mean().item()
+    raw = x / toy._MOONS_SCALE + torch.tensor(toy._MOONS_CENTER)
+    # raw frame: E[sin a] = 2 / pi, so the moons' mean heights are 0.637 and 0.5 - 0.637
+    assert abs(raw[labels == 0, 1].mean().item() - 2 / math.pi) < 0.01
+    assert abs(raw[labels == 1, 1].mean().item() - (0.5 - 2 / math.pi)) < 0.01
+    to_upper = (raw.norm(dim=1) - 1).abs()
+    to_lower = ((raw - torch.tensor([1.0, 0.5])).norm(dim=1) - 1).abs()
+    own = torch.where(labels == 0, to_upper, to_lower)
+    assert own.mean().item() < 0.1  # noise std 0.1 -> mean |radial offset| ~ 0.08
+    # the circles cross, so near the crossings the nearer circle is the other one: ~94% agree
+    assert ((to_upper < to_lower) == (labels == 0)).float().mean().item() > 0.9

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.build import build_model
+from scoresde.build import build_model, build_sde
 from scoresde.config import apply_overrides
 from scoresde.data.toy import toy_gmm
 from scoresde.presets import get_preset
@@ -164,8 +164,9 @@ def test_conditional_batches_reach_the_network(tmp_path):
     assert 0 < int(changed.sum()) <= 10  # the rows of the labels that were drawn, and only them
 
 
-def test_train_step_passes_the_labels_on():
+def test_the_score_objective_passes_the_labels_on():
     from scoresde.data.pipeline import Batch
+    from scoresde.training.objectives import build_objective
     from scoresde.training.state import MicroBatch, TrainState, train_step
 
     seen = {}
@@ -175,17 +176,22 @@ def test_train_step_passes_the_labels_on():
         seen.update(condition)
         return net(x)
 
+    cfg = _tiny(1, **{"model.num_classes": 8})
+    objective = build_objective(cfg, build_sde(cfg.sde))
     state = TrainState(net, score_model, EMA(net, 0.9), torch.optim.SGD(net.parameters(), 0.1), 0)
     labels = torch.tensor([3, 1])
-    loss_fn = lambda score_fn, x0, g: score_fn(x0, torch.zeros(2)).square().sum(1)  # noqa: E731
     micro = MicroBatch(Batch(torch.ones(2, 2), labels), torch.Generator().manual_seed(0), 0)
-    train_step(state, [micro], loss_fn, _tiny(1).train)
+    train_step(state, [micro], objective.loss, cfg.train)
     assert torch.equal(seen["class_labels"], labels) and state.step == 1
 
 
 def test_unlabelled_data_refuses_a_conditional_model(tmp_path):
-    with pytest.raises(ValueError, match="has no class labels"):
+    cfg = _tiny(1, **{"model.num_classes": 3, "data.dataset": "swissroll"})
+    with pytest.raises(ValueError, match="'swissroll' has none"):
+        train(cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"model\.num_classes=3 but dataset 'gmm' has 8 classes"):
         train(_tiny(1, **{"model.num_classes": 3}), tmp_path, progress=False)
+    assert not tmp_path.joinpath("config.json").exists()
 
 
 def test_hooks_see_every_step_and_sample_grids_are_written(tmp_path):

@@ -1,11 +1,15 @@
 """scoresde: score-based generative modeling through SDEs (Song et al., ICLR 2021), in PyTorch.
 
-The public API: SDEs, the network-to-score boundary, losses, samplers, likelihood and
-inverse problems. Everything outside the networks works with ``score_fn(x, t)``.
+The public API: SDEs, the network-to-score boundary, losses, samplers, likelihood, inverse
+problems, guidance and the latent space. Everything outside the networks works with
+``score_fn(x, t)``.
 """
 
+from scoresde.classifier import NoiseClassifier, classifier_loss
 from scoresde.data.transforms import uniform_dequantize
-from scoresde.inverse import colorize, inpaint
+from scoresde.guidance import classifier_free_guidance, classifier_guidance
+from scoresde.inverse import colorize, inpaint, linear_inverse
+from scoresde.latent import decode, encode, interpolate, slerp
 from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
 from scoresde.sampling import (
@@ -37,14 +41,22 @@ __all__ = [
     "SDE",
     "VESDE",
     "VPSDE",
+    "NoiseClassifier",
     "ScoreModel",
     "SubVPSDE",
     "bits_per_dim",
+    "classifier_free_guidance",
+    "classifier_guidance",
+    "classifier_loss",
     "colorize",
     "ddpm_loss",
+    "decode",
     "dequantized_bpd",
     "dsm_loss",
+    "encode",
     "inpaint",
+    "interpolate",
+    "linear_inverse",
     "log_likelihood",
     "make_score_fn",
     "ode_sample",
@@ -53,6 +65,7 @@ __all__ = [
     "reverse_discretize",
     "reverse_sde",
     "sample",
+    "slerp",
     "smld_loss",
     "tweedie_denoise",
     "uniform_dequantize",

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scoresde.classifier import NoiseClassifier
 from scoresde.config import Config, ConfigError, ModelConfig, SampleConfig, SDEConfig
 from scoresde.data.pipeline import data_shape
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
@@ -77,6 +78,8 @@ def _zero_is_none(field_name: str) -> Option:
     return Option(field_name, lambda v: v or None, lambda v: v or 0)
 
 
+_CLASSES = _zero_is_none("num_classes")
+
 # SmallUNet has one attention block, at its lowest resolution: any non-empty attn_resolutions.
 _ATTENTION_FLAG = Option("attn_resolutions", bool, lambda on: (1,) if on else ())
 
@@ -109,6 +112,7 @@ class Network:
     ndim: int  # of one example: 1 for vectors (D,), 3 for images (C, H, W)
     options: Mapping[str, str | Option]
     context: tuple[str, ...]
+    output: str = "score"  # "score": a score network; "logits": a noise-conditional classifier
 
     def network_class(self) -> type[nn.Module]:
         """The class (imported on first use)."""
@@ -163,7 +167,7 @@ _EMBEDDING = {name: name for name in ("embedding_type", "fourier_scale", "scale_
 _UNET = {  # options NCSN++ and DDPM share
     **{name: name for name in ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout")},
     **{name: name for name in ("resamp_with_conv", "conditional", "nonlinearity")},
-    "num_classes": _zero_is_none("num_classes"),
+    "num_classes": _CLASSES,
 }
 _IMAGE_CONTEXT = ("image_size", "num_channels", "centered", "sigma_min", "sigma_max", "num_scales")
 
@@ -172,7 +176,7 @@ MODELS: dict[str, Network] = {
         "scoresde.nn.mlp",
         "ScoreMLP",
         1,
-        {"hidden": "hidden", "depth": "depth", **_EMBEDDING},
+        {"hidden": "hidden", "depth": "depth", **_EMBEDDING, "num_classes": _CLASSES},
         ("dim",),
     ),
     "unet": Network(
@@ -186,6 +190,7 @@ MODELS: dict[str, Network] = {
             "attention": _ATTENTION_FLAG,
             "dropout": "dropout",
             **_EMBEDDING,
+            "num_classes": _CLASSES,
         },
         ("in_channels",),
     ),
@@ -229,8 +234,41 @@ MODELS: dict[str, Network] = {
         {"nf": "nf", "nonlinearity": "nonlinearity", "variant": _zero_is_none("ncsnv2_variant")},
         _IMAGE_CONTEXT,
     ),
+    "wideresnet": Network(
+        "scoresde.nn.classifiers",
+        "NoiseConditionalWideResNet",
+        3,
+        {
+            **{name: name for name in ("num_classes", "depth", "widen_factor", "dropout")},
+            "fourier_scale": "fourier_scale",
+        },
+        ("in_channels",),
+        output="logits",
+    ),
+    "mlp_classifier": Network(
+        "scoresde.nn.classifiers",
+        "NoiseConditionalMLPClassifier",
+        1,
+        {name: name for name in ("num_classes", "hidden", "depth", "fourier_scale")},
+        ("dim",),
+        output="logits",
+    ),
 }
 """Each architecture (``ModelConfig.name``) and how a config fills its constructor."""
+
+
+def is_classifier(cfg: Config) -> bool:
+    """Whether ``cfg`` describes a noise-conditional classifier run (a ``"logits"`` network of
+    :data:`MODELS`) rather than a score model."""
+    return network_definition(cfg.model.name).output == "logits"
+
+
+def build_classifier_fn(
+    model: nn.Module, sde: SDE, *, compute_dtype: torch.dtype | None = None
+) -> NoiseClassifier:
+    """The classifier network ``model`` as ``log_prob_fn(x, t) -> (B, K)`` logits for ``sde``
+    (:class:`~scoresde.classifier.NoiseClassifier`)."""
+    return NoiseClassifier(model, sde, compute_dtype=compute_dtype)
 
 
 def model_config_from_network(
@@ -339,47 +377,3 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
     options = fields.get(method, {})
     check_sampler(method, options)
     return method, options
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device called ``name``, checked to exist here; ``"auto"`` picks CUDA when available.
-
-    Raises:
-        ValueError: an unknown name, or a device this machine or PyTorch build does not have
-            (the message lists the ones it has).
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"unknown device {name!r}; available here: {available_devices()}"
-        ) from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count and (device.index is None or device.index < count):
-            return device
-        why = (
-            "this PyTorch build has no CUDA support"
-            if torch.version.cuda is None
-            else (f"{count} CUDA device(s) visible")
-        )
-        raise ValueError(
-            f"device {name!r} is not available ({why}); available: {available_devices()}"
-        )
-    if device.type == "mps" and torch.backends.mps.is_available():
-        return device
-    raise ValueError(f"device {name!r} is not available; available: {available_devices()}")
-
-
-def available_devices() -> str:
-    """The devices this process can use, e.g. ``"cpu, cuda:0, cuda:1"``."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        names.append("mps")
-    return ", ".join(names)

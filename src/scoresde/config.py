@@ -73,8 +73,15 @@ class ModelConfig:
     ``ch_mult``, ``num_res_blocks``, ``dropout`` and puts attention at its lowest resolution
     when ``attn_resolutions`` is not empty; the MLP reads ``hidden`` and ``depth``; NCSN++ reads
     all the rest (see :class:`scoresde.nn.ncsnpp.NCSNpp`). ``ncsnv2_variant`` 0 picks the NCSNv2
-    depth from the image size. ``num_classes`` > 0 adds a class-label embedding. Which field
-    fills which constructor argument of each network: ``scoresde.build.MODELS``.
+    depth from the image size. ``num_classes`` > 0 adds a class-label embedding (a
+    label-conditional model ``s(x, t, y)``, trained on the dataset's labels).
+
+    Two names are noise-conditional classifiers ``p_t(y | x)`` rather than score networks
+    (``scoresde train-classifier``, :mod:`scoresde.classifier`): ``"wideresnet"`` (images;
+    ``depth`` = 6n + 4 layers, ``widen_factor``, ``dropout``, the paper's 28 x 10 for CIFAR-10)
+    and ``"mlp_classifier"`` (vectors; ``hidden``, ``depth``); both read ``num_classes`` (the
+    dataset's) and ``fourier_scale``. Which field fills which constructor argument of each
+    network: ``scoresde.build.MODELS``.
     """
 
     name: str = "unet"
@@ -102,6 +109,7 @@ class ModelConfig:
     nonlinearity: str = "swish"
     num_classes: int = 0
     ncsnv2_variant: int = 0
+    widen_factor: int = 10
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,11 @@ class TrainConfig:
     NVIDIA GPUs), ``channels_last`` (image batches and weights in NHWC), ``compile``
     (``torch.compile`` of the network), ``activation_checkpointing`` (recompute each residual
     and attention block in the backward pass instead of storing its activations).
+
+    ``label_dropout`` (label-conditional models, ``model.num_classes`` > 0): the probability
+    that a training example's label is replaced by the null label (no label), so that the one
+    network also learns the unconditional score, for classifier-free guidance (Ho & Salimans,
+    2022).
     """
 
     steps: int = 4000
@@ -153,6 +166,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     activation_checkpointing: bool = False
+    label_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -169,6 +183,10 @@ class TrainConfig:
         _check(self.eval_every >= 0, "train.eval_every must be >= 0")
         _check(self.snapshot_every >= 0, "train.snapshot_every must be >= 0")
         _check(self.device_batch_size >= 0, "train.device_batch_size must be >= 0")
+        _check(
+            0 <= self.label_dropout < 1,
+            f"train.label_dropout must be in [0, 1), got {self.label_dropout}",
+        )
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,10 @@ import torch
 from scoresde.config import Config, apply_overrides
 from scoresde.data.pipeline import load_split
 from scoresde.evaluation.evaluate import sample_quality
+from scoresde.image_jobs import inpaint_images, lower_half_mask
 from scoresde.presets import get_preset
 from scoresde.rundir import check_output_dir
-from scoresde.runs import (
-    evaluate_likelihood,
-    generate,
-    inpaint_images,
-    load_trained,
-    lower_half_mask,
-)
+from scoresde.runs import evaluate_likelihood, generate, load_trained
 from scoresde.training.loop import train
 from scoresde.viz import save_image_grid, save_loss_curve
 

@@ -1,7 +1,10 @@
-"""Jobs on a trained run: load it from a checkpoint, sample, evaluate likelihood, inpaint.
+"""Jobs on a trained run: load it from a checkpoint, sample (unconditionally, or of given
+classes with a label-conditional model or a noise-conditional classifier), evaluate likelihood
+and a classifier's accuracy.
 
-These are the library functions behind ``scoresde sample``, ``scoresde likelihood`` and the demo.
-Images go in and come out in data scale (``[0, 1]``); the model scale is handled here.
+These are the library functions behind ``scoresde sample``, ``scoresde likelihood``,
+``scoresde train-classifier`` and the demo. Images go in and come out in data scale
+(``[0, 1]``); the model scale is handled here.
 """
 
 from __future__ import annotations
@@ -14,12 +17,28 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from scoresde.build import build_model, build_score_fn, build_sde, resolve_device, sampler_config
+from scoresde.build import (
+    build_classifier_fn,
+    build_model,
+    build_score_fn,
+    build_sde,
+    is_classifier,
+    sampler_config,
+)
 from scoresde.checkpoint import CheckpointError, ema_model_state_dict, load_checkpoint
+from scoresde.classifier import NoiseClassifier, accuracy_by_time, accuracy_times
 from scoresde.config import Config, config_from_dict
-from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data, to_model_scale
-from scoresde.inverse import inpaint
+from scoresde.data.pipeline import (
+    data_shape,
+    from_model_scale,
+    is_image_data,
+    load_labeled_split,
+    to_model_scale,
+)
+from scoresde.devices import resolve_device
+from scoresde.guidance import classifier_free_guidance, classifier_guidance
 from scoresde.likelihood import dequantized_bpd, log_likelihood
+from scoresde.rundir import CHECKPOINT_NAME
 from scoresde.sampling import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
@@ -27,9 +46,9 @@ from scoresde.seeding import SampleStreams, derive_seed
 
 
 @dataclass
-class TrainedModel:
-    """A trained score model ready for sampling: config, SDE, network (eval mode), device, and
-    the training step its checkpoint was saved at."""
+class TrainedRun:
+    """A trained network loaded from a run: config, SDE, network (eval mode), device, and the
+    training step its checkpoint was saved at."""
 
     cfg: Config
     sde: SDE
@@ -38,26 +57,56 @@ class TrainedModel:
     step: int = 0
 
     @property
-    def score_fn(self) -> ScoreFn:
-        return build_score_fn(self.model, self.sde, self.cfg)
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example."""
+        return data_shape(self.cfg.data)
+
+
+@dataclass
+class TrainedModel(TrainedRun):
+    """A trained score model ready for sampling."""
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return data_shape(self.cfg.data)
+    def score_fn(self) -> ScoreFn:
+        return build_score_fn(self.model, self.sde, self.cfg)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
 
-def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True) -> TrainedModel:
-    """Load a checkpoint written by ``scoresde train`` or ``scoresde demo``.
+@dataclass
+class TrainedClassifier(TrainedRun):
+    """A trained noise-conditional classifier ``p_t(y | x)`` (``scoresde train-classifier``)."""
 
-    Raises :class:`CheckpointError` (one-line message) for a missing, corrupt or foreign file.
-    """
+    @property
+    def log_prob_fn(self) -> NoiseClassifier:
+        """``log_prob_fn(x (B, ...), t (B,)) -> (B, K)`` logits, in model scale."""
+        return build_classifier_fn(self.model, self.sde)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.num_classes
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or the rolling checkpoint of the run folder ``path``."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def _load(path: Path, device: str, use_ema: bool, classifier: bool):
     dev = resolve_device(device)
     ckpt = load_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt.config)
+        if is_classifier(cfg) != classifier:
+            kinds = ("classifier", "score model")
+            want, got = kinds if classifier else kinds[::-1]
+            hint = " (pass it as --classifier)" if got == "classifier" else ""
+            raise CheckpointError(
+                f"{path}: this is a {got} run (model.name={cfg.model.name!r}), "
+                f"not a {want}{hint}"
+            )
         model = build_model(cfg)
         use = use_ema and ckpt.ema is not None
         weights = ema_model_state_dict(ckpt.ema) if use else ckpt.model
@@ -65,9 +114,142 @@ def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True
     except (ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot rebuild the model: {first}") from None
-    return TrainedModel(
+    kind = TrainedClassifier if classifier else TrainedModel
+    return kind(
         replace(cfg, device=str(dev)), build_sde(cfg.sde), model.to(dev).eval(), dev, ckpt.step
     )
+
+
+def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True) -> TrainedModel:
+    """Load a score model's checkpoint written by ``scoresde train``, ``scoresde demo`` or
+    ``scoresde convert`` (EMA weights unless ``use_ema=False``).
+
+    Raises :class:`CheckpointError` (one-line message) for a missing, corrupt or foreign file,
+    or a classifier's checkpoint.
+    """
+    return _load(Path(path), device, use_ema, classifier=False)
+
+
+def load_classifier(
+    path: str | Path, *, device: str = "auto", use_ema: bool = True
+) -> TrainedClassifier:
+    """Load a noise-conditional classifier written by ``scoresde train-classifier``: its run
+    folder or its checkpoint file (EMA weights unless ``use_ema=False``).
+
+    Raises :class:`CheckpointError` (one line) for a missing, corrupt or foreign file, or a
+    score model's checkpoint.
+    """
+    return _load(checkpoint_file(path), device, use_ema, classifier=True)
+
+
+def _check_labels_range(labels: Tensor, classes: int, what: str) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(
+            f"class {int(labels.min()) if int(labels.min()) < 0 else int(labels.max())} is out "
+            f"of range: {what} has classes 0..{classes - 1}"
+        )
+
+
+def check_conditioning(
+    run: TrainedModel,
+    labels: Tensor | None,
+    guidance: float = 1.0,
+    classifier: TrainedClassifier | None = None,
+) -> None:
+    """Refuse, before any sampling, a conditioning the run cannot do (one-line ``ValueError``).
+
+    ``labels`` ``(N,)`` int64 classes or ``None`` (unconditional). With a ``classifier``, the
+    score model must be unconditional and both must share the SDE and the example shape; without
+    one, classes need a label-conditional model (``model.num_classes`` > 0), and ``guidance``
+    other than 1 (or unconditional samples of it) one trained with ``train.label_dropout`` > 0.
+    """
+    classes = run.cfg.model.num_classes
+    dropout = run.cfg.train.label_dropout > 0
+    if labels is None:
+        if classifier is not None or guidance != 1.0:
+            raise ValueError("guidance and a classifier need a class to sample (--class K)")
+        if classes and not dropout:
+            raise ValueError(
+                f"this model is label-conditional ({classes} classes) and was trained without "
+                "label dropout, so it has no unconditional score: give a class (--class K)"
+            )
+        return
+    if classifier is not None:
+        if classes:
+            raise ValueError(
+                "this model is label-conditional: sample its classes without a classifier"
+            )
+        if not same_perturbation(classifier.sde, run.sde):
+            raise ValueError(
+                f"the classifier was trained for another SDE ({classifier.cfg.sde}) than the "
+                f"model's ({run.cfg.sde}); train one with the model's preset"
+            )
+        ours, theirs = classifier.cfg.data, run.cfg.data
+        if (ours.dataset, ours.centered, classifier.shape) != (
+            theirs.dataset,
+            theirs.centered,
+            run.shape,
+        ):
+            raise ValueError(
+                f"the classifier was trained on other data ({ours.dataset}, centered="
+                f"{ours.centered}, {classifier.shape}) than the model ({theirs.dataset}, "
+                f"centered={theirs.centered}, {run.shape})"
+            )
+        _check_labels_range(labels, classifier.num_classes, "the classifier")
+        return
+    if not classes:
+        raise ValueError(
+            "this model is unconditional: class-conditional sampling needs a noise-conditional "
+            "classifier (--classifier RUN, from scoresde train-classifier)"
+        )
+    if guidance != 1.0 and not dropout:
+        raise ValueError(
+            "classifier-free guidance other than 1 needs a model trained with "
+            "train.label_dropout > 0 (it has no unconditional score)"
+        )
+    _check_labels_range(labels, classes, "the model")
+
+
+def same_perturbation(a: SDE, b: SDE, points: int = 17) -> bool:
+    """Whether two SDEs perturb data alike: the same ``T`` and the same marginal coefficients
+    ``m(t), s(t)`` on an even float64 grid of ``[0, T]`` (to 1e-9), which is what a
+    noise-conditional classifier depends on (settings an SDE does not use do not count)."""
+    if float(a.T) != float(b.T):
+        return False
+    t = torch.linspace(0.0, float(a.T), points, dtype=torch.float64)
+    return all(
+        torch.allclose(u, v, rtol=1e-9, atol=1e-12)
+        for u, v in zip(a.marginal_coeffs(t), b.marginal_coeffs(t), strict=True)
+    )
+
+
+def conditional_score_fn(
+    run: TrainedModel,
+    labels: Tensor | None,
+    guidance: float = 1.0,
+    classifier: TrainedClassifier | None = None,
+) -> ScoreFn:
+    """The score ``(x (B, ...), t (B,)) -> (B, ...)`` that samples ``labels`` (``(B,)``, one per
+    example; ``None``: unconditional), checked by :func:`check_conditioning`.
+
+    With a ``classifier``: classifier guidance ``s(x, t) + guidance * grad log p_t(y | x)``
+    (eq. 14 at ``guidance`` 1, :func:`scoresde.guidance.classifier_guidance`). With a
+    label-conditional model: classifier-free guidance
+    ``s(x, t) + guidance * (s(x, t, y) - s(x, t))`` (the model's own conditional score at
+    ``guidance`` 1, :func:`scoresde.guidance.classifier_free_guidance`).
+    """
+    check_conditioning(run, labels, guidance, classifier)
+    score_model = run.score_fn
+    if labels is None:
+        return score_model
+    labels = labels.to(run.device)
+    if classifier is not None:
+        return classifier_guidance(score_model, classifier.log_prob_fn, labels, guidance)
+
+    def conditional(x: Tensor, t: Tensor) -> Tensor:
+        return score_model(x, t, class_labels=labels)
+
+    return classifier_free_guidance(conditional, score_model, guidance)
 
 
 @torch.no_grad()
@@ -80,10 +262,17 @@ def generate(
     batch_size: int | None = None,
     first_index: int = 0,
     progress: bool = False,
+    labels: Tensor | int | None = None,
+    guidance: float = 1.0,
+    classifier: TrainedClassifier | None = None,
     **overrides: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Draw samples ``first_index .. first_index + num_samples - 1`` of seed ``seed``, in data
     scale, with the sampler ``method`` (default: ``run.cfg.sample.method``).
+
+    ``labels`` (an int, or ``(num_samples,)`` int64) asks for those classes, with
+    ``guidance`` and an optional ``classifier`` as :func:`conditional_score_fn` says; every
+    sampler works with them unchanged (they only change the score function).
 
     Every random draw of sample ``i`` comes from its own stream ``(seed, i)``
     (:class:`scoresde.seeding.SampleStreams`), so a sample does not depend on the batch size
@@ -104,14 +293,22 @@ def generate(
             f"need num_samples >= 1, batch_size >= 1 and first_index >= 0, got {num_samples}, "
             f"{batch_size}, {first_index}"
         )
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() not in (1, num_samples):
+            raise ValueError(f"{labels.numel()} labels for {num_samples} samples")
+        labels = labels.expand(num_samples)
+    check_conditioning(run, labels, guidance, classifier)
     out, info = [], {"method": method, "nfe": 0}
     for start in range(first_index, first_index + num_samples, batch_size):
         indices = range(start, min(start + batch_size, first_index + num_samples))
         streams = SampleStreams(seed, indices, device=run.device)
         x_T = run.sde.prior_sampling((len(indices), *run.shape), streams, device=run.device)
+        rows = slice(start - first_index, start - first_index + len(indices))
+        batch_labels = labels[rows] if labels is not None else None
         x, batch_info = sample(
             run.sde,
-            run.score_fn,
+            conditional_score_fn(run, batch_labels, guidance, classifier),
             x_T,
             method=method,
             generator=streams,
@@ -188,229 +385,73 @@ def evaluate_likelihood(
     }
 
 
-@torch.no_grad()
-def inpaint_images(
-    run: TrainedModel,
-    images: Tensor,
-    mask: Tensor,
+def classifier_accuracy(
+    classifier: TrainedClassifier,
     *,
-    method: str = "pc",
+    split: str = "test",
+    times: Tensor | None = None,
     seed: int = 0,
-    progress: bool = False,
-    **overrides: Any,
-) -> Tensor:
-    """Complete ``images`` (data scale) where ``mask == 0`` with the unconditional model.
-
-    ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
-    ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``.
-    """
-    mask = mask.to(run.device)
-
-    def solve(y: Tensor, **kw: Any) -> Tensor:
-        return inpaint(run.sde, run.score_fn, y, mask, **kw)
-
-    return _solve_inverse(run, images, solve, method, seed, progress, overrides)
-
-
-def _solve_inverse(
-    run: TrainedModel,
-    images: Tensor,
-    solve: Any,
-    method: str,
-    seed: int,
-    progress: bool,
-    overrides: dict[str, Any],
-) -> Tensor:
-    """The shell of the inverse-problem jobs: ``solve(y, method=, generator=, progress=,
-    **options)`` on ``images`` in model scale (not dequantized), with the sampler of
-    ``run.cfg.sample`` and ``overrides``, image ``k`` drawing from the stream ``(seed, k)``;
-    back in data scale."""
-    sc = replace(run.cfg.sample, **overrides)
-    method, options = sampler_config(sc, method)
-    streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
-    y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
-    out = solve(y, method=method, generator=streams, progress=progress, **options)
-    return from_model_scale(out, run.cfg.data).cpu()
-
-
-def lower_half_mask(shape: tuple[int, ...]) -> Tensor:
-    """Mask ``(1, C, H, W)`` that keeps the upper half of an image (1) and hides the lower (0)."""
-    mask = torch.ones(1, *shape)
-    mask[..., shape[-2] // 2 :, :] = 0
-    return mask
-
-
-def _latent_options(run: TrainedModel, overrides: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The probability-flow solver options (``eps``, ``rtol``, ``atol``) of ``run.cfg.sample``
-    with ``overrides``, and its batch size."""
-    sc = replace(run.cfg.sample, **overrides)
-    return dict(eps=sc.eps, rtol=sc.ode_rtol, atol=sc.ode_atol), sc.batch_size
-
-
-@torch.no_grad()
-def encode_images(
-    run: TrainedModel, images: Tensor, **overrides: Any
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Encode ``images`` (data scale, ``(N, *shape)``) to latents with the probability-flow ODE
-    and decode them again (:mod:`scoresde.latent`), in batches of ``sample.batch_size``.
-
-    The solver uses ``sample.eps``, ``sample.ode_rtol`` and ``sample.ode_atol``; ``overrides``
-    replace fields of ``run.cfg.sample``. Images enter the model's scale without dequantization.
+    num_examples: int = 0,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """The classifier's top-1 accuracy on the labelled ``split`` at each time of ``times``
+    (default :func:`scoresde.classifier.accuracy_times`), the data dequantized as in training
+    and perturbed once per example and time, all from streams of ``seed``.
 
     Returns:
-        ``(latents (N, *shape), decoded (N, *shape) in data scale, info)`` with
-        ``info["nfe_encode"]``/``info["nfe_decode"]`` (the largest over the batches) and
-        ``info["roundtrip_max_abs_error"]`` (data scale).
+        ``{"times": [...], "accuracy": [...], "num_examples": N, "chance": 1 / K}``.
     """
-    from scoresde.latent import decode, encode
-
-    opts, batch_size = _latent_options(run, overrides)
-    data_cfg = replace(run.cfg.data, dequantize=False)
-    latents, decoded, info = [], [], {"nfe_encode": 0, "nfe_decode": 0}
-    for start in range(0, images.shape[0], batch_size):
-        x = to_model_scale(images[start : start + batch_size].to(run.device), data_cfg)
-        z, nfe_encode = encode(run.sde, run.score_fn, x, **opts)
-        y, nfe_decode = decode(run.sde, run.score_fn, z, **opts)
-        info["nfe_encode"] = max(info["nfe_encode"], nfe_encode)
-        info["nfe_decode"] = max(info["nfe_decode"], nfe_decode)
-        latents.append(z.cpu())
-        decoded.append(from_model_scale(y, run.cfg.data).cpu())
-    decoded_all = torch.cat(decoded)
-    info["roundtrip_max_abs_error"] = float((decoded_all - images.cpu()).abs().max())
-    return torch.cat(latents), decoded_all, info
-
-
-@torch.no_grad()
-def interpolate_images(
-    run: TrainedModel, first: Tensor, second: Tensor, num: int = 8, **overrides: Any
-) -> tuple[Tensor, dict[str, Any]]:
-    """``num`` frames from image ``first`` to image ``second`` (data scale, ``shape`` each)
-    through the spherical interpolation of their latents (:func:`scoresde.latent.interpolate`).
-
-    Solver options as in :func:`encode_images`. Returns ``(frames (num, *shape) in data scale,
-    info)`` with ``info["nfe_encode"]``, ``info["nfe_decode"]`` and ``info["alphas"]`` (a list).
-    """
-    from scoresde.latent import interpolate
-
-    opts, _ = _latent_options(run, overrides)
-    data_cfg = replace(run.cfg.data, dequantize=False)
-    x0 = to_model_scale(first.to(run.device), data_cfg)
-    x1 = to_model_scale(second.to(run.device), data_cfg)
-    frames, info = interpolate(run.sde, run.score_fn, x0, x1, num, **opts)
-    summary = {
-        "nfe_encode": info["nfe_encode"],
-        "nfe_decode": info["nfe_decode"],
-        "alphas": info["alphas"].tolist(),
-    }
-    return from_model_scale(frames, run.cfg.data).cpu(), summary
-
-
-def read_user_images(path: str | Path) -> Tensor:
-    """A user's images: one image file, a folder of them, an ``.npy`` array or an ``.npz`` (its
-    ``images`` array, or its only one), as a float tensor ``(N, ...)`` (uint8 arrays and image
-    files are divided by 255), with at least one example.
-
-    Raises:
-        ValueError: a one-line message naming ``path`` (missing, unreadable, wrong shape).
-    """
-    import zipfile
-
-    import numpy as np
-
-    from scoresde.data.image_formats import (
-        IMAGE_EXTENSIONS,
-        decode_image,
-        image_to_tensor,
-        list_image_files,
+    data_cfg = classifier.cfg.data
+    x, y = load_labeled_split(data_cfg, split, limit=num_examples)
+    times = accuracy_times(classifier.sde) if times is None else times
+    gen = torch.Generator(device=classifier.device).manual_seed(derive_seed(seed, "accuracy"))
+    x = to_model_scale(x.to(classifier.device), data_cfg, generator=gen)
+    acc = accuracy_by_time(
+        classifier.sde,
+        classifier.log_prob_fn,
+        x,
+        y.to(classifier.device),
+        times,
+        generator=gen,
+        batch_size=batch_size,
     )
-
-    path = Path(path)
-    if path.is_dir():
-        files = list_image_files(path)
-        if not files:
-            raise ValueError(f"images {path}: the folder holds no png, jpg, jpeg, webp or bmp")
-        images = [image_to_tensor(decode_image(f)) for f in files]
-        if len({tuple(x.shape) for x in images}) > 1:
-            raise ValueError(f"the images in {path} differ in size; resize them to one size")
-        return torch.stack(images)
-    if not path.is_file():
-        raise ValueError(f"images {path}: it does not exist (an image, folder, .npy or .npz)")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return image_to_tensor(decode_image(path))[None]
-    try:
-        arr = np.load(path, allow_pickle=False)
-        if isinstance(arr, np.lib.npyio.NpzFile):
-            with arr as arrays:
-                arr = {name: arrays[name] for name in arrays.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"images {path} is not a readable .npy/.npz array: {e}") from None
-    if isinstance(arr, dict):
-        if "images" not in arr and len(arr) != 1:
-            raise ValueError(f"images {path}: expected an 'images' array or one array")
-        arr = arr["images"] if "images" in arr else next(iter(arr.values()))
-    if not isinstance(arr, np.ndarray) or arr.ndim not in (2, 3, 4) or arr.shape[0] < 1:
-        shape = getattr(arr, "shape", None)
-        raise ValueError(
-            f"images {path}: expected an array (N, C, H, W), (N, H, W) or (N, 2), got {shape}"
-        )
-    if arr.dtype == np.uint8:
-        return torch.from_numpy(arr.astype(np.float32) / 255)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"images {path}: expected a numeric array, got dtype {arr.dtype}")
-    return torch.from_numpy(arr.astype(np.float32))
+    return {
+        "times": [round(float(v), 6) for v in torch.as_tensor(times)],
+        "accuracy": acc.tolist(),
+        "num_examples": int(x.shape[0]),
+        "chance": 1.0 / classifier.num_classes,
+    }
 
 
-def images_for_model(images: Tensor, run: TrainedModel, path: Path | str) -> Tensor:
-    """``images`` (from :func:`read_user_images` of ``path``) in the run's example shape:
-    ``(N, H, W)`` gains the channel axis, RGB becomes grey (the channel mean) for a one-channel
-    model; images must lie in ``[0, 1]``. Raises ``ValueError`` (one line) otherwise."""
-    shape = tuple(run.shape)
-    if images.ndim == 3 and len(shape) == 3 and shape[0] == 1:
-        images = images[:, None]
-    if images.ndim == 4 and images.shape[1] == 3 and shape[:1] == (1,):
-        images = images.mean(dim=1, keepdim=True)
-    if tuple(images.shape[1:]) != shape:
-        raise ValueError(
-            f"images {path} hold examples of shape {tuple(images.shape[1:])}; the model "
-            f"takes {shape}"
-        )
-    if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images {path}: expected values in [0, 1] (data scale)")
-    return images
-
-
-@torch.no_grad()
-def colorize_images(
+def generate_classes(
     run: TrainedModel,
-    images: Tensor,
+    classes: list[int] | None,
+    num_per_class: int,
     *,
-    method: str = "pc",
-    seed: int = 0,
-    progress: bool = False,
-    **overrides: Any,
-) -> Tensor:
-    """Colour grey ``images`` (data scale, ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, 3, H, W)``;
-    colour images are first made grey, the mean of their channels) with an RGB model
-    (:func:`scoresde.inverse.colorize`, app. I.3).
+    guidance: float = 1.0,
+    classifier: TrainedClassifier | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
+    """``num_per_class`` samples of each class in ``classes`` (class-major order), or as many
+    unconditional samples for ``classes=None``, with :func:`generate` (``kwargs``: ``method``,
+    ``seed``, ``batch_size``, ``progress`` and sampler overrides). Sample ``j`` of every class
+    starts from the same noise, the stream ``(seed, j)``, so a row of classes differs only by
+    the class.
 
-    ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
-    ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``. Returns ``(N, 3, H, W)``
-    in data scale.
-
-    Raises:
-        ValueError: the model does not take three-channel images.
+    Returns:
+        ``(samples (L * N, *shape), labels (L * N,) int64 or None, info)``; ``info["nfe"]`` is
+        the largest over the classes.
     """
-    from scoresde.inverse import colorize
-
-    shape = tuple(run.shape)
-    if len(shape) != 3 or shape[0] != 3:
-        raise ValueError(f"colorization needs an RGB model (3, H, W); this one takes {shape}")
-    images = images[:, None] if images.ndim == 3 else images
-    images = images.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-    if tuple(images.shape[1:]) != shape:
-        raise ValueError(f"images of shape {tuple(images.shape[1:])}; the model takes {shape}")
-
-    def solve(grey: Tensor, **kw: Any) -> Tensor:
-        return colorize(run.sde, run.score_fn, grey, **kw)
-
-    return _solve_inverse(run, images, solve, method, seed, progress, overrides)
+    if classes is None:
+        x, info = generate(run, num_per_class, **kwargs)
+        return x, None, info
+    labels = torch.tensor(classes, dtype=torch.long)
+    check_conditioning(run, labels, guidance, classifier)
+    out, info = [], {}
+    for k in classes:
+        x, class_info = generate(
+            run, num_per_class, labels=k, guidance=guidance, classifier=classifier, **kwargs
+        )
+        out.append(x)
+        info = {**class_info, "nfe": max(info.get("nfe", 0), class_info["nfe"])}
+    return torch.cat(out), labels.repeat_interleave(num_per_class), info

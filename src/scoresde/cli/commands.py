@@ -12,12 +12,16 @@ import sys
 
 from scoresde.cli.options import (
     check_count,
+    class_list,
     overrides,
     run_overrides,
     set_threads,
     set_threads_for_training,
 )
 from scoresde.cli.outputs import save_array
+
+GRID_ROW = 16
+"""The most samples of one class that ``scoresde sample --class`` shows in a row of its grid."""
 
 
 def _report_training(command: str, stopped_by: str, steps: int) -> None:
@@ -58,12 +62,13 @@ def _cmd_demo(a) -> int:
     return 0
 
 
-def _cmd_train(a) -> int:
-    from scoresde import distributed
+def _training_config(a, *, classifier: bool):
+    """The config of ``--preset`` or ``--config`` with the run options and ``--set`` overrides;
+    for ``train-classifier``, the classifier run of a score preset or config."""
+    from scoresde.build import is_classifier
     from scoresde.config import apply_overrides, load_config
     from scoresde.presets import get_preset
-    from scoresde.training.loop import train
-    from scoresde.training.resume import check_resume
+    from scoresde.presets.classifiers import classifier_preset
 
     if a.preset and a.config:
         raise ValueError("give --preset or --config, not both")
@@ -75,14 +80,30 @@ def _cmd_train(a) -> int:
     if a.steps is not None:
         check_count("--steps", a.steps, 0)
     cfg = get_preset(a.preset) if a.preset else load_config(a.config)
-    cfg = apply_overrides(cfg, run_overrides(a))
+    if classifier and not is_classifier(cfg):
+        cfg = classifier_preset(cfg)
+    return apply_overrides(cfg, run_overrides(a))
+
+
+def _train(a, cfg, command: str):
+    """Check the labels and the run folder, then train; the result on rank 0, else ``None``."""
+    from scoresde import distributed
+    from scoresde.training.loop import train
+    from scoresde.training.objectives import check_labels
+    from scoresde.training.resume import check_resume
+
+    check_labels(cfg)
     check_resume(a.out, cfg, overwrite=a.overwrite)
     set_threads_for_training(a, cfg)
     result = train(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     if distributed.current()[0] != 0:
-        return 0  # under torchrun, rank 0 reports
-    _report_training("train", result.stopped_by, result.steps)
-    summary = {
+        return None  # under torchrun, rank 0 reports
+    _report_training(command, result.stopped_by, result.steps)
+    return result
+
+
+def _training_summary(result) -> dict:
+    return {
         "checkpoint": str(result.checkpoint),
         "steps": result.steps,
         "resumed_from": result.resumed_from,
@@ -90,16 +111,38 @@ def _cmd_train(a) -> int:
         "seconds": round(result.seconds, 2),
         "final_loss": result.losses[-1][1] if result.losses else None,
     }
-    print(json.dumps(summary))
+
+
+def _cmd_train(a) -> int:
+    result = _train(a, _training_config(a, classifier=False), "train")
+    if result is not None:
+        print(json.dumps(_training_summary(result)))
+    return 0
+
+
+def _cmd_train_classifier(a) -> int:
+    from scoresde.rundir import atomic_write
+    from scoresde.runs import classifier_accuracy, load_classifier
+
+    cfg = _training_config(a, classifier=True)
+    result = _train(a, cfg, "train-classifier")
+    if result is None:
+        return 0
+    classifier = load_classifier(result.checkpoint, device=cfg.device)
+    accuracy = {"step": classifier.step, **classifier_accuracy(classifier, seed=cfg.seed)}
+    atomic_write(a.out / "accuracy.json", json.dumps(accuracy, indent=2) + "\n")
+    print(json.dumps({**_training_summary(result), "accuracy_by_t": accuracy}))
     return 0
 
 
 def _cmd_sample(a) -> int:
     from dataclasses import replace
 
+    import torch
+
     from scoresde.config import save_config
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import generate, load_trained
+    from scoresde.runs import check_conditioning, generate_classes, load_classifier, load_trained
     from scoresde.sampling import check_sampler
     from scoresde.viz import save_image_grid, save_scatter
 
@@ -108,9 +151,16 @@ def _cmd_sample(a) -> int:
         check_count("--batch-size", a.batch_size, 1)
     if a.method is not None:
         check_sampler(a.method)
-    outputs = ["samples.npy", "samples.png", "config.json"]
+    if a.classes is None and (a.guidance is not None or a.classifier is not None):
+        raise ValueError("--guidance and --classifier need --class K")
+    outputs = ["samples.npy", "labels.npy", "samples.png", "config.json"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what="samples")
     run = load_trained(a.checkpoint, device=a.device or "auto")
+    classifier = load_classifier(a.classifier, device=str(run.device)) if a.classifier else None
+    classes = class_list(a.classes, run, classifier)
+    guidance = 1.0 if a.guidance is None else a.guidance
+    labels = torch.tensor(classes) if classes is not None else None
+    check_conditioning(run, labels, guidance, classifier)
     opts = overrides(run.cfg, a.overrides, "sample")
     method = opts.pop("method", None)
     method = a.method or method
@@ -119,9 +169,12 @@ def _cmd_sample(a) -> int:
     tune_batch = min(batch_size, a.num_samples)
     set_threads(a, run.device, lambda: run.score_fn, run.shape, tune_batch, backward=False)
     seed = run.cfg.seed if a.seed is None else a.seed
-    samples, info = generate(
+    samples, sample_labels, info = generate_classes(
         run,
+        classes,
         a.num_samples,
+        guidance=guidance,
+        classifier=classifier,
         method=method,
         seed=seed,
         batch_size=batch_size,
@@ -137,12 +190,26 @@ def _cmd_sample(a) -> int:
     )
     a.out.mkdir(parents=True, exist_ok=True)
     save_array(a.out / "samples.npy", samples)
+    summary = {"out": str(a.out), "num_samples": a.num_samples, "checkpoint_step": run.step}
+    nrow, shown = 8, samples
+    if classes is not None:
+        save_array(a.out / "labels.npy", sample_labels)
+        if len(classes) > 1:  # one row per class, at most GRID_ROW samples of each
+            nrow = min(a.num_samples, GRID_ROW)
+            shown = samples.reshape(len(classes), a.num_samples, *samples.shape[1:])[:, :nrow]
+            shown = shown.reshape(-1, *samples.shape[1:])
+        summary.update(classes=classes, guidance=guidance)
+        if classifier is not None:
+            summary.update(classifier=str(a.classifier), classifier_step=classifier.step)
+        if run.cfg.data.dataset == "digits":
+            from scoresde.evaluation.digits_classifier import conditional_accuracy
+
+            summary["digits_classifier_accuracy"] = conditional_accuracy(samples, sample_labels)
     if samples.ndim == 4:
-        save_image_grid(samples, a.out / "samples.png", nrow=8)
+        save_image_grid(shown, a.out / "samples.png", nrow=nrow)
     else:
         save_scatter(samples, a.out / "samples.png", title=f"{info['method']} samples")
     save_config(replace(run.cfg, seed=seed, sample=used), a.out / "config.json")
-    summary = {"out": str(a.out), "num_samples": a.num_samples, "checkpoint_step": run.step}
     print(json.dumps({**summary, **info}))
     return 0
 
@@ -255,6 +322,7 @@ def _cmd_evaluate(a) -> int:
 RUN_COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
+    "train-classifier": _cmd_train_classifier,
     "sample": _cmd_sample,
     "likelihood": _cmd_likelihood,
     "evaluate": _cmd_evaluate,

@@ -13,8 +13,9 @@ from scoresde.cli.outputs import save_array, save_picture
 
 
 def _cmd_encode(a) -> int:
+    from scoresde.image_jobs import encode_images, images_for_model, read_user_images
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import encode_images, images_for_model, load_trained, read_user_images
+    from scoresde.runs import load_trained
 
     outputs = ["latents.npy", "decoded.png"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what="latents")
@@ -34,8 +35,9 @@ def _cmd_encode(a) -> int:
 
 
 def _cmd_interpolate(a) -> int:
+    from scoresde.image_jobs import images_for_model, interpolate_images, read_user_images
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import images_for_model, interpolate_images, load_trained, read_user_images
+    from scoresde.runs import load_trained
 
     check_count("--num", a.num, 2)
     check_count("--first", a.first, 0)
@@ -76,8 +78,9 @@ def _read_mask(path, shape):
 def _inverse_command(a, name: str, what: str, job, *, fit_images: bool = True) -> int:
     """The shell of ``inpaint`` and ``colorize``: ``job(run, images, **kw)`` does the work;
     ``fit_images`` puts the images in the model's shape first (colorize takes grey ones)."""
+    from scoresde.image_jobs import images_for_model, read_user_images
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import images_for_model, load_trained, read_user_images
+    from scoresde.runs import load_trained
 
     outputs = [f"{name}.npy", f"{name}.png"]
     check_output_dir(a.out, outputs, overwrite=a.overwrite, what=what)
@@ -100,7 +103,7 @@ def _inverse_command(a, name: str, what: str, job, *, fit_images: bool = True) -
 
 
 def _cmd_inpaint(a) -> int:
-    from scoresde.runs import inpaint_images
+    from scoresde.image_jobs import inpaint_images
 
     def job(run, images, **kw):
         return inpaint_images(run, images, _read_mask(a.mask, run.shape), **kw)
@@ -109,7 +112,7 @@ def _cmd_inpaint(a) -> int:
 
 
 def _cmd_colorize(a) -> int:
-    from scoresde.runs import colorize_images
+    from scoresde.image_jobs import colorize_images
 
     return _inverse_command(a, "colorized", "a colorization", colorize_images, fit_images=False)
 

@@ -36,11 +36,21 @@ def set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: b
 
 def set_threads_for_training(a, cfg) -> None:
     """``--threads`` for a command that trains: timed on a forward and backward pass of a
-    throw-away copy of the config's network at its training batch size."""
-    from scoresde.build import build_model, build_score_fn, build_sde, resolve_device
+    throw-away copy of the config's network at its training batch size (a classifier run
+    times its classifier)."""
+    from scoresde.build import (
+        build_classifier_fn,
+        build_model,
+        build_score_fn,
+        build_sde,
+        is_classifier,
+    )
     from scoresde.data.pipeline import data_shape
+    from scoresde.devices import resolve_device
 
     def make_score_fn():
+        if is_classifier(cfg):
+            return build_classifier_fn(build_model(cfg), build_sde(cfg.sde))
         return build_score_fn(build_model(cfg), build_sde(cfg.sde), cfg)
 
     device = resolve_device(cfg.device)
@@ -59,3 +69,24 @@ def run_overrides(a) -> list[str]:
 def check_count(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def class_list(text: str | None, run, classifier) -> list[int] | None:
+    """``--class``: ``K``, ``K1,K2,...`` or ``all`` (every class of the label-conditional model
+    or of the classifier) as a list of ints; ``None`` without ``--class``."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        classes = classifier.num_classes if classifier is not None else run.cfg.model.num_classes
+        if not classes:
+            raise ValueError(
+                "--class all: this model is unconditional; give --classifier RUN to sample classes"
+            )
+        return list(range(classes))
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--class takes K, K1,K2,... or all, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--class takes K, K1,K2,... or all, got {text!r}")
+    return values

@@ -9,8 +9,12 @@ from pathlib import Path
 EXAMPLES = {
     "demo": "example: scoresde demo --sde subvp --out runs/demo --steps 1800",
     "train": "example: scoresde train --preset toy_moons --out runs/moons --set train.steps=2000",
+    "train-classifier": "example: scoresde train-classifier --preset digits_subvp "
+    "--out runs/classifier",
     "sample": "example: scoresde sample --checkpoint runs/demo/checkpoint.safetensors "
-    "--out runs/samples --method ode --num-samples 64",
+    "--out runs/samples --method ode --num-samples 64\n"
+    "         scoresde sample --checkpoint runs/demo/checkpoint.safetensors "
+    "--classifier runs/classifier --class 3 --guidance 1.0 --out runs/threes",
     "likelihood": "example: scoresde likelihood --checkpoint runs/demo/checkpoint.safetensors "
     "--split test",
     "evaluate": "example: scoresde evaluate --checkpoint runs/demo/checkpoint.safetensors "
@@ -66,6 +70,31 @@ files: checkpoint.safetensors (rolling, every train.checkpoint_every steps), sna
 reproducible: the initial weights, data order, noise and dropout all come from the config's seed
   (--seed) and the step, so the same command gives the same weights (bit-identical on the same
   machine and thread count; on any number of devices to float rounding).
+"""
+
+
+CLASSIFIER_NOTES = """\
+what: a noise-conditional classifier p_t(y | x) of the preset's data perturbed by its SDE
+  (section 5 and appendix I.1 of the paper), for classifier guidance: scoresde sample
+  --classifier RUN --class K --guidance W. Networks: a residual MLP for the 2-D toys, a small
+  Wide-ResNet for 8x8 digits, the paper's Wide-ResNet-28-10 for CIFAR-10 and other images
+  (scoresde.presets.classifiers); --set model.* / train.* change them. --config takes a run's
+  config.json: a score run's gets its classifier, a classifier run's is trained as it is.
+files: the run folder of scoresde train (config.json, checkpoint.safetensors, metrics.jsonl,
+  ...), plus accuracy.json: the EMA classifier's test accuracy against t. Resume, interrupts
+  and torchrun work as for scoresde train.
+"""
+
+CLASS_NOTES = """\
+classes: --class K (or K1,K2,... or all) draws --num-samples samples of each class, one row of
+  samples.png per class (16 at most); sample j of every class starts from the same noise
+  (seed, j).
+  An unconditional model needs --classifier RUN (scoresde train-classifier, same preset):
+  classifier guidance s(x, t) + W grad log p_t(y | x); W = 1 is the paper's conditional
+  reverse SDE (eq. 14). A label-conditional model (model.num_classes > 0) samples its own
+  conditional score; with train.label_dropout > 0, W mixes it with the unconditional one
+  (classifier-free guidance s_u + W (s_c - s_u)). labels.npy then holds the labels, and for
+  digits the package's independent digits classifier reports the accuracy per class.
 """
 
 
@@ -137,15 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(d, "sample.num_steps=500")
     overwrite(d, "a finished demo")
 
-    t = add("train", "Train a score model from a preset or a config file.", _train_notes())
-    t.add_argument("--preset", help="a name from `scoresde presets`")
-    t.add_argument("--config", type=Path, help="a config.json (e.g. from an earlier run)")
-    t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument("--steps", type=int, help="training steps (same as --set train.steps=N)")
-    runtime(t, "train.lr=1e-4")
-    overwrite(t, "a run")
+    def training(cmd: argparse.ArgumentParser, preset: str, config: str, set_example: str):
+        """The options of the subcommands that train a run."""
+        cmd.add_argument("--preset", help=preset)
+        cmd.add_argument("--config", type=Path, help=config)
+        cmd.add_argument("--out", type=Path, required=True, help="run folder")
+        cmd.add_argument("--steps", type=int, help="training steps (same as --set train.steps=N)")
+        runtime(cmd, set_example)
+        overwrite(cmd, "a run")
 
-    s = add("sample", "Draw samples from a trained checkpoint.")
+    t = add("train", "Train a score model from a preset or a config file.", _train_notes())
+    training(
+        t,
+        "a name from `scoresde presets`",
+        "a config.json (e.g. from an earlier run)",
+        "train.lr=1e-4",
+    )
+
+    tc = add(
+        "train-classifier",
+        "Train a noise-conditional classifier p_t(y | x) for classifier guidance.",
+        CLASSIFIER_NOTES + _train_notes(),
+    )
+    training(
+        tc,
+        "the score model's preset (list: scoresde presets)",
+        "a run's config.json (score or classifier run)",
+        "model.widen_factor=4",
+    )
+
+    s = add("sample", "Draw samples from a trained checkpoint.", CLASS_NOTES)
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True, help="folder for samples.npy/png")
     s.add_argument(
@@ -158,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per batch (default: sample.batch_size); sample i draws from its own "
         "stream, so samples do not depend on it (but the batch-mean langevin corrector "
         "couples a batch: sample.corrector=langevin_per_example does not)",
+    )
+    s.add_argument(
+        "--class", dest="classes", help="class(es) to sample: K, K1,K2,... or all (see below)"
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale W (default 1: the conditional model); needs --class",
+    )
+    s.add_argument(
+        "--classifier", type=Path, help="a noise-conditional classifier's run folder or checkpoint"
     )
     runtime(s, "sample.num_steps=500")
     overwrite(s, "samples")

@@ -38,10 +38,24 @@ class GaussianMixture:
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` samples, ``(n, D)``, using only ``generator`` for randomness."""
+        return self.sample_with_components(n, generator=generator)[0]
+
+    def sample_with_components(
+        self, n: int, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` samples with the component each came from.
+
+        The samples are exactly those of :meth:`sample` for the same ``generator`` state (the
+        same draws in the same order: the components, then the Gaussian noise).
+
+        Returns:
+            ``(x, k)``: samples ``(n, D)`` and their component indices, int64 ``(n,)`` in
+            ``0..K-1``, both on the device of :attr:`means`.
+        """
         dev = self.means.device
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, device=dev, dtype=self.means.dtype)
-        return self.means[k] + append_dims(self.stds[k], 2) * z
+        return self.means[k] + append_dims(self.stds[k], 2) * z, k
 
     def _component_log_probs(self, x: Tensor, mean_coeff: Tensor, std: Tensor) -> tuple:
         """Per-component log ``w_k N(x; m mu_k, (m^2 sigma_k^2 + s^2) I)``: ``(B, K)``."""

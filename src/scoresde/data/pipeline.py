@@ -2,6 +2,8 @@
 
 Image data is kept in ``[0, 1]`` with ``levels`` grey levels; the model sees it uniformly
 dequantized (optional) and centred to ``[-1, 1]`` (optional). Toy 2-D data is used as is.
+The datasets of :data:`LABELED_DATASETS` also have int64 class labels (:func:`num_classes`,
+:func:`load_labeled_split`, ``train_batches(..., with_labels=True)``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from torch import Tensor
 
 from scoresde.config import DataConfig
 from scoresde.data.images import IMAGE_DATASETS, image_batches, load_image_dataset
-from scoresde.data.toy import TOY_DATASETS, sample_toy
+from scoresde.data.toy import TOY_DATASETS, TOY_NUM_CLASSES, sample_toy, sample_toy_labeled
 from scoresde.data.transforms import center, uncenter, uniform_dequantize
 from scoresde.seeding import stream
 
 TOY_SPLIT_SIZES = {"train": 20000, "test": 2000}
 DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
 DATASETS = ("digits", *TOY_DATASETS, *IMAGE_DATASETS)
+NUM_CLASSES = {"digits": 10, "cifar10": 10, **TOY_NUM_CLASSES}
+LABELED_DATASETS = tuple(NUM_CLASSES)
 
 
 def is_image_data(cfg: DataConfig) -> bool:
@@ -50,14 +54,35 @@ def _image_dataset(cfg: DataConfig, split: str, *, with_labels: bool = False):
     )
 
 
+def num_classes(cfg: DataConfig) -> int:
+    """The number of class labels of ``cfg.dataset``: 10 for digits and CIFAR-10, 8 for the
+    "gmm" toy (its mixture components), 2 for "moons" (0 = upper moon, 1 = lower)."""
+    if cfg.dataset not in NUM_CLASSES:
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has no class labels; labelled datasets: "
+            f"{list(LABELED_DATASETS)}"
+        )
+    return NUM_CLASSES[cfg.dataset]
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+
+
+def _toy_generator(cfg: DataConfig, split: str) -> torch.Generator:
+    """The generator of a toy split's fixed draw (the test draw uses another seed)."""
+    seed = cfg.split_seed + (0 if split == "train" else 1_000_003)
+    return torch.Generator().manual_seed(seed)
+
+
 def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
     """A split as one tensor: ``(N, C, H, W)`` images in ``[0, 1]`` or ``(N, 2)`` toy points.
 
     Toy splits are fixed draws (seeded by ``split_seed``; the test draw uses another seed).
     ``limit`` > 0 keeps the first ``limit`` examples (image datasets are only read that far).
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+    _check_split(split)
     data_shape(cfg)
     if cfg.dataset == "digits":
         from scoresde.data.digits import load_digits_split
@@ -65,14 +90,46 @@ def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
         train, test = load_digits_split(test_fraction=cfg.test_fraction, seed=cfg.split_seed)
         data = train if split == "train" else test
     elif cfg.dataset in TOY_DATASETS:
-        seed = cfg.split_seed + (0 if split == "train" else 1_000_003)
-        gen = torch.Generator().manual_seed(seed)
+        gen = _toy_generator(cfg, split)
         data = sample_toy(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
     else:
         dataset = _image_dataset(cfg, split)
         n = min(limit, len(dataset)) if limit else len(dataset)
         return torch.stack([dataset[i] for i in range(n)])
     return data[:limit] if limit else data
+
+
+def load_labeled_split(cfg: DataConfig, split: str, *, limit: int = 0) -> tuple[Tensor, Tensor]:
+    """A split of a labelled dataset with its class labels.
+
+    Returns:
+        ``(data, labels)``: ``data`` exactly as :func:`load_split` gives it (same examples, same
+        order, same ``limit``), ``(N, C, H, W)`` images or ``(N, 2)`` toy points, and int64
+        labels ``(N,)`` in ``0..num_classes(cfg)-1`` (toy labels come from the same draw).
+
+    Raises:
+        ValueError: an unknown split, or a dataset not in :data:`LABELED_DATASETS`.
+    """
+    _check_split(split)
+    data_shape(cfg)
+    num_classes(cfg)
+    if cfg.dataset == "digits":
+        from scoresde.data.digits import load_digits_labeled_split
+
+        train, train_labels, test, test_labels = load_digits_labeled_split(
+            test_fraction=cfg.test_fraction, seed=cfg.split_seed
+        )
+        data, labels = (train, train_labels) if split == "train" else (test, test_labels)
+    elif cfg.dataset in TOY_DATASETS:
+        gen = _toy_generator(cfg, split)
+        data, labels = sample_toy_labeled(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
+    else:
+        dataset = _image_dataset(cfg, split, with_labels=True)
+        n = min(limit, len(dataset)) if limit else len(dataset)
+        items = [dataset[i] for i in range(n)]
+        images = torch.stack([image for image, _ in items])
+        return images, torch.tensor([int(label) for _, label in items], dtype=torch.int64)
+    return (data[:limit], labels[:limit]) if limit else (data, labels)
 
 
 @dataclass
@@ -86,9 +143,6 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         labels = self.labels.to(device) if self.labels is not None else None
         return Batch(self.data.to(device), labels)
-
-
-LABELED_DATASETS = ("digits", "cifar10")
 
 
 def train_batches(
@@ -107,14 +161,15 @@ def train_batches(
     In-memory data (digits, toys) is sampled with replacement (batch ``k``'s indices from the
     stream ``(seed, "batch", k)``); image datasets are read epoch by epoch in a random order,
     with random flips if set (:func:`scoresde.data.images.image_batches`). ``with_labels``
-    attaches the class labels (digits and CIFAR-10 have them). ``rows`` keeps only those rows
-    of every batch (a device's shard of a distributed batch of ``batch_size``): the shards of
-    all devices put together are the batch one device would see.
+    attaches the class labels (:data:`LABELED_DATASETS` have them; the data is the same as
+    without). ``rows`` keeps only those rows of every batch (a device's shard of a distributed
+    batch of ``batch_size``): the shards of all devices put together are the batch one device
+    would see.
     """
     if with_labels and cfg.dataset not in LABELED_DATASETS:
         raise ValueError(
-            f"dataset {cfg.dataset!r} has no class labels (model.num_classes > 0 needs one of "
-            f"{list(LABELED_DATASETS)})"
+            f"dataset {cfg.dataset!r} has no class labels (a label-conditional model, "
+            f"model.num_classes > 0, or a classifier needs one of {list(LABELED_DATASETS)})"
         )
     if cfg.dataset in IMAGE_DATASETS:
         batches = image_batches(
@@ -128,12 +183,8 @@ def train_batches(
         )
         return (Batch(*b) if with_labels else Batch(b) for b in batches)
     if with_labels:
-        from scoresde.data.digits import load_digits_labeled_split
-
-        images, labels, _, _ = load_digits_labeled_split(
-            test_fraction=cfg.test_fraction, seed=cfg.split_seed
-        )
-        return _resampled(images, labels, batch_size, seed, start, rows)
+        data, labels = load_labeled_split(cfg, "train")
+        return _resampled(data, labels, batch_size, seed, start, rows)
     return _resampled(load_split(cfg, "train"), None, batch_size, seed, start, rows)
 
 

@@ -4,6 +4,10 @@ Every sampler takes ``(n, generator)`` and returns ``(n, 2)`` float32 points on 
 device (CPU without one), drawing randomness only from ``generator``. The moons and swiss roll
 are centred and scaled to roughly unit spread; the 8-Gaussian mixture keeps its radius of 4 so
 that its modes are well separated, and :func:`toy_gmm` exposes it with exact scores.
+
+The toys with natural classes (:data:`TOY_NUM_CLASSES`: the 8 mixture components, the 2 moons)
+also come with int64 labels ``(n,)`` from :func:`sample_toy_labeled`, whose points are those of
+:func:`sample_toy` for the same generator state.
 """
 
 from __future__ import annotations
@@ -52,9 +56,35 @@ def toy_gmm() -> GaussianMixture:
     )
 
 
+def sample_gmm_labeled(n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` points ``(n, 2)`` from :func:`toy_gmm` and their components, int64 ``(n,)`` in
+    ``0..7``; the points are exactly :func:`sample_gmm`'s for the same ``generator`` state."""
+    return toy_gmm().to(device=_device(generator)).sample_with_components(n, generator=generator)
+
+
 def sample_gmm(n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` points ``(n, 2)`` from :func:`toy_gmm`."""
-    return toy_gmm().to(device=_device(generator)).sample(n, generator=generator)
+    return sample_gmm_labeled(n, generator)[0]
+
+
+def sample_moons_labeled(
+    n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``n`` points ``(n, 2)`` from :func:`sample_moons` with the moon each came from.
+
+    Returns:
+        ``(points, labels)``: the points are exactly :func:`sample_moons`'s for the same
+        ``generator`` state; labels int64 ``(n,)`` are 0 for the upper moon, 1 for the lower.
+    """
+    dev = _device(generator)
+    angle = torch.rand(n, generator=generator, device=dev) * math.pi
+    lower = torch.rand(n, generator=generator, device=dev) < 0.5
+    x = torch.where(lower, 1.0 - torch.cos(angle), torch.cos(angle))
+    y = torch.where(lower, 0.5 - torch.sin(angle), torch.sin(angle))
+    points = torch.stack([x, y], dim=1)
+    points = points + _MOONS_NOISE * torch.randn(n, 2, generator=generator, device=dev)
+    points = (points - torch.tensor(_MOONS_CENTER, device=dev)) * _MOONS_SCALE
+    return points, lower.long()
 
 
 def sample_moons(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -64,14 +94,7 @@ def sample_moons(n: int, generator: torch.Generator | None = None) -> Tensor:
     one ``(1 - cos a, 1/2 - sin a)`` with ``a ~ U[0, pi]``, then gets ``N(0, 0.1^2 I)`` noise
     (the layout of scikit-learn's ``make_moons``), and is centred and rescaled.
     """
-    dev = _device(generator)
-    angle = torch.rand(n, generator=generator, device=dev) * math.pi
-    lower = torch.rand(n, generator=generator, device=dev) < 0.5
-    x = torch.where(lower, 1.0 - torch.cos(angle), torch.cos(angle))
-    y = torch.where(lower, 0.5 - torch.sin(angle), torch.sin(angle))
-    points = torch.stack([x, y], dim=1)
-    points = points + _MOONS_NOISE * torch.randn(n, 2, generator=generator, device=dev)
-    return (points - torch.tensor(_MOONS_CENTER, device=dev)) * _MOONS_SCALE
+    return sample_moons_labeled(n, generator)[0]
 
 
 def sample_swissroll(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -103,3 +126,37 @@ def sample_toy(name: str, n: int, *, generator: torch.Generator | None = None) -
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
     return TOY_DATASETS[name](n, generator)
+
+
+LabeledSampler = Callable[[int, torch.Generator | None], tuple[Tensor, Tensor]]
+
+TOY_LABELED_DATASETS: dict[str, LabeledSampler] = {
+    "gmm": sample_gmm_labeled,
+    "moons": sample_moons_labeled,
+}
+
+# Number of classes of the toys that have natural ones: the mixture components of "gmm" and
+# the two half circles of "moons" (0 upper, 1 lower); "swissroll" has none.
+TOY_NUM_CLASSES = {"gmm": GMM_COMPONENTS, "moons": 2}
+
+
+def sample_toy_labeled(
+    name: str, n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draw ``n`` points from the toy ``name`` with their class labels.
+
+    Returns:
+        ``(points, labels)``: float32 points ``(n, 2)``, exactly those of
+        :func:`sample_toy` for the same ``generator`` state, and int64 labels ``(n,)`` in
+        ``0..TOY_NUM_CLASSES[name]-1`` (the "gmm" component; the "moons" moon, 0 = upper).
+
+    Raises:
+        ValueError: ``name`` is unknown or has no class labels (``"swissroll"``).
+    """
+    if name not in TOY_DATASETS:
+        raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
+    if name not in TOY_LABELED_DATASETS:
+        raise ValueError(
+            f"toy dataset {name!r} has no class labels; labelled toys: {sorted(TOY_NUM_CLASSES)}"
+        )
+    return TOY_LABELED_DATASETS[name](n, generator)

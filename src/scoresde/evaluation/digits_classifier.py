@@ -26,6 +26,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -290,6 +291,26 @@ def class_accuracy(
     correct = torch.bincount(target[predicted == target], minlength=num_classes)
     total = torch.bincount(target, minlength=num_classes)
     return {c: float(correct[c]) / float(total[c]) for c in range(num_classes) if int(total[c]) > 0}
+
+
+def conditional_accuracy(samples: Tensor, labels: Tensor) -> dict[str, Any]:
+    """How often the package's digits classifier (:func:`load_digits_classifier`, trained on
+    real digits, independent of the model) recognises class-conditional samples as the class
+    they were drawn for.
+
+    Args:
+        samples: ``(N, 1, 8, 8)`` digit samples in ``[0, 1]``; labels: ``(N,)`` their classes.
+
+    Returns:
+        ``{"per_class": {"k": accuracy}, "mean": accuracy}`` (rounded to 4 digits; chance is
+        0.1).
+    """
+    predicted = load_digits_classifier().predict(samples)
+    per_class = class_accuracy(predicted, labels)
+    return {
+        "per_class": {str(k): round(v, 4) for k, v in per_class.items()},
+        "mean": round(accuracy(predicted, labels), 4),
+    }
 
 
 def accuracy(predicted: Tensor, target: Tensor) -> float:

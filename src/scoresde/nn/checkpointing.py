@@ -11,8 +11,9 @@ every gradient, are exactly those without checkpointing.
 
 A block class opts in with the class attribute ``checkpointable = True``: the residual and
 attention blocks of NCSN++ / DDPM++ and DDPM (:mod:`scoresde.nn.blocks`), of the small U-Net
-(:mod:`scoresde.nn.unet`) and the residual and refine blocks of NCSN / NCSNv2
-(:mod:`scoresde.nn.refinenet`). :class:`~scoresde.nn.mlp.ScoreMLP` has none (its residual layers
+(:mod:`scoresde.nn.unet`), the residual and refine blocks of NCSN / NCSNv2
+(:mod:`scoresde.nn.refinenet`) and the Wide-ResNet blocks of the noise-conditional classifier
+(:mod:`scoresde.nn.classifiers`). :class:`~scoresde.nn.mlp.ScoreMLP` has none (its residual layers
 are plain ``nn.Linear`` modules, and it is small enough not to need it).
 
 :func:`enable_activation_checkpointing` changes nothing a state dict, ``parameters()``, an

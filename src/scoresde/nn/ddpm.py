@@ -23,7 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from scoresde.nn.blocks import AttnBlockpp, Downsample, ResnetBlockDDPMpp, Upsample
-from scoresde.nn.embeddings import sinusoidal_embedding
+from scoresde.nn.embeddings import (
+    add_class_embedding,
+    check_class_labels,
+    sinusoidal_embedding,
+)
 from scoresde.nn.layers import conv3x3, get_act, linear
 
 
@@ -70,8 +74,9 @@ class DDPM(nn.Module):
             ``(num_scales,)`` float64, from ``sigma_max`` down (always present, as officially).
         nonlinearity: ``'swish'`` (official), ``'elu'``, ``'relu'`` or ``'lrelu'``.
         num_classes: if set, an ``nn.Embedding(num_classes, 4 nf)`` (``class_embed``, not part of
-            the official network) whose vector is added to the time embedding. Needs
-            ``conditional``.
+            the official network) whose vector is added to the time embedding (none for
+            :data:`~scoresde.nn.embeddings.NULL_LABEL`); without it class labels are an error.
+            Needs ``conditional``.
     """
 
     def __init__(
@@ -172,19 +177,20 @@ class DDPM(nn.Module):
         """Time embedding ``(B, 4 nf)`` computed in ``dtype`` (the input's), or ``None`` if
         unconditional."""
         if not self.conditional:
+            check_class_labels(self.class_embed, class_labels, "DDPM")
             return None
         m = self.all_modules
         temb = m[1](self.act(m[0](sinusoidal_embedding(labels, self.nf, dtype=dtype))))
-        if self.class_embed is not None and class_labels is not None:
-            temb = temb + self.class_embed(class_labels)
-        return temb
+        return add_class_embedding(temb, self.class_embed, class_labels, "DDPM")
 
     def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """Output for images ``x (B, C, H, W)`` at noise ``labels (B,)``: ``(B, C, H, W)``.
 
         ``labels`` are the official ``time_cond``: DDPM step indices / ``999 t`` for VP and
         sub-VP, noise-level indices for ``ve/cifar10_ddpm`` (also used by ``scale_by_sigma``).
-        ``class_labels (B,)`` (int64) is only used when ``num_classes`` was given.
+        ``class_labels (B,)`` (int64) needs ``num_classes``; ``None``, or
+        :data:`~scoresde.nn.embeddings.NULL_LABEL` in a row, adds no class embedding (to that
+        row).
         """
         m = self.all_modules
         temb = self._embed(labels, class_labels, x.dtype)

@@ -49,3 +49,43 @@ def sinusoidal_embedding(
     if embedding_dim % 2 == 1:
         emb = nn.functional.pad(emb, (0, 1))
     return emb
+
+
+NULL_LABEL = -1
+"""The class label meaning "no label" (classifier-free guidance; Ho & Salimans, 2022): a network
+given it for a row computes that row exactly as with ``class_labels=None``. Every negative label is
+treated so; :data:`NULL_LABEL` is the one to write."""
+
+
+def embed_classes(embedding: nn.Embedding, class_labels: Tensor) -> Tensor:
+    """Embed ``class_labels (*B,)`` int64 as ``(*B, D)`` in the embedding's dtype, with all-zero
+    rows for :data:`NULL_LABEL` (any negative label).
+
+    Rows with labels ``>= 0`` are exactly ``embedding(class_labels)``; labels ``>= num_classes``
+    raise as ``nn.Embedding`` does. The zero rows add nothing to a time embedding, so a batch may
+    mix labelled and unlabelled rows (label dropout in training). Differentiable in the embedding
+    weights (null rows contribute no gradient).
+    """
+    null = class_labels < 0
+    return embedding(class_labels.clamp(min=0)).masked_fill(null.unsqueeze(-1), 0.0)
+
+
+def check_class_labels(
+    embedding: nn.Embedding | None, class_labels: Tensor | None, network: str
+) -> None:
+    """Reject ``class_labels`` with a one-line ``ValueError`` naming ``network`` if the network has
+    no class ``embedding`` (it was built without ``num_classes``)."""
+    if class_labels is not None and embedding is None:
+        raise ValueError(f"{network} was built without num_classes: class_labels must be None")
+
+
+def add_class_embedding(
+    temb: Tensor, embedding: nn.Embedding | None, class_labels: Tensor | None, network: str
+) -> Tensor:
+    """Return ``temb (B, D)`` plus the class embedding ``(B, D)`` of ``class_labels (B,)``
+    (:func:`embed_classes`; null labels add nothing), or ``temb`` itself if ``class_labels`` is
+    ``None``; labels given to a network without ``embedding`` raise (:func:`check_class_labels`)."""
+    check_class_labels(embedding, class_labels, network)
+    if class_labels is None or embedding is None:
+        return temb
+    return temb + embed_classes(embedding, class_labels)

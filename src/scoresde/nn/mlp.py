@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from scoresde._tensor import append_dims
+from scoresde.nn.embeddings import add_class_embedding
 from scoresde.nn.unet import EmbeddingType, NoiseEmbedding
 
 
@@ -29,6 +30,10 @@ class ScoreMLP(nn.Module):
             ``999 t``).
         fourier_scale: scale of the random Fourier frequencies.
         scale_by_sigma: divide the output by ``labels``; only valid with ``"fourier"``.
+        num_classes: if set, an ``nn.Embedding(num_classes, hidden)`` (``class_embed``) whose
+            vector for ``class_labels`` is added to ``temb`` before its SiLU (none for
+            :data:`~scoresde.nn.embeddings.NULL_LABEL`); ``None``: unconditional, class labels
+            are an error.
     """
 
     def __init__(
@@ -40,12 +45,15 @@ class ScoreMLP(nn.Module):
         embedding_type: EmbeddingType = "fourier",
         fourier_scale: float = 16.0,
         scale_by_sigma: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if scale_by_sigma and embedding_type != "fourier":
             raise ValueError("scale_by_sigma needs sigma labels, i.e. embedding_type='fourier'")
         if hidden % 4:
             raise ValueError(f"hidden must be a multiple of 4, got {hidden}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive or None, got {num_classes}")
         self.scale_by_sigma = scale_by_sigma
         self.embed = NoiseEmbedding(hidden // 4, embedding_type, fourier_scale)  # -> hidden
         self.inp = nn.Linear(dim, hidden)
@@ -54,10 +62,16 @@ class ScoreMLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # Created last, so that the seeded initial weights of the other layers do not change.
+        self.class_embed = nn.Embedding(num_classes, hidden) if num_classes is not None else None
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        """Return the network output ``(B, D)`` for points ``x`` and noise ``labels (B,)``."""
-        temb = F.silu(self.embed(labels))
+    def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Return the network output ``(B, D)`` for points ``x``, noise ``labels (B,)`` and
+        optional ``class_labels (B,)`` int64 (needs ``num_classes``; ``NULL_LABEL`` rows are
+        unconditional)."""
+        temb = F.silu(
+            add_class_embedding(self.embed(labels), self.class_embed, class_labels, "ScoreMLP")
+        )
         h = self.inp(x)
         for proj, layer in zip(self.temb_proj, self.layers, strict=True):
             h = h + layer(F.silu(h + proj(temb)))

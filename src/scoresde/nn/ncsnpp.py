@@ -25,7 +25,12 @@ from scoresde.nn.blocks import (
     ResnetBlockDDPMpp,
     Upsample,
 )
-from scoresde.nn.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from scoresde.nn.embeddings import (
+    GaussianFourierProjection,
+    add_class_embedding,
+    check_class_labels,
+    sinusoidal_embedding,
+)
 from scoresde.nn.layers import conv3x3, get_act, group_norm, linear
 
 _SQRT2 = math.sqrt(2.0)
@@ -95,8 +100,9 @@ class NCSNpp(nn.Module):
             ``(num_scales,)`` float64, from ``sigma_max`` down to ``sigma_min``.
         nonlinearity: ``'swish'``, ``'elu'``, ``'relu'`` or ``'lrelu'``.
         num_classes: if set, an ``nn.Embedding(num_classes, 4 nf)`` (``class_embed``, not part of
-            the official network) whose vector is added to the time embedding; ``None`` means
-            unconditional. Requires ``conditional``.
+            the official network) whose vector is added to the time embedding (none for
+            :data:`~scoresde.nn.embeddings.NULL_LABEL`); ``None`` means unconditional: class
+            labels are then an error. Requires ``conditional``.
     """
 
     def __init__(
@@ -228,19 +234,19 @@ class NCSNpp(nn.Module):
             used_sigmas = self.sigmas[labels.long()] if self.scale_by_sigma else labels
             temb = sinusoidal_embedding(labels, self.nf, dtype=dtype)
         if self._temb_dense is None:
+            check_class_labels(self.class_embed, class_labels, "NCSNpp")
             return None, used_sigmas
         temb = m[self._temb_dense[1]](self.act(m[self._temb_dense[0]](temb)))
-        if self.class_embed is not None and class_labels is not None:
-            temb = temb + self.class_embed(class_labels)
-        return temb, used_sigmas
+        return add_class_embedding(temb, self.class_embed, class_labels, "NCSNpp"), used_sigmas
 
     def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """Network output for images ``x (B, C, H, W)`` at noise ``labels (B,)``.
 
         ``labels`` are the official ``time_cond``: sigmas for the Fourier embedding, (possibly
         fractional) noise-level indices such as ``999 t`` for the positional one.
-        ``class_labels (B,)`` (int64) is only used when ``num_classes`` was given; ``None`` leaves
-        the time embedding unchanged. Returns ``(B, C, H, W)``, divided by sigma if
+        ``class_labels (B,)`` (int64) needs ``num_classes``; ``None``, or
+        :data:`~scoresde.nn.embeddings.NULL_LABEL` in a row, leaves the time embedding (of that
+        row) unchanged. Returns ``(B, C, H, W)``, divided by sigma if
         ``scale_by_sigma``.
         """
         m = self.all_modules

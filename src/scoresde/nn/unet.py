@@ -27,7 +27,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from scoresde._tensor import append_dims
-from scoresde.nn.embeddings import GaussianFourierProjection, sinusoidal_embedding
+from scoresde.nn.embeddings import (
+    GaussianFourierProjection,
+    add_class_embedding,
+    sinusoidal_embedding,
+)
 
 EmbeddingType = Literal["fourier", "positional"]
 
@@ -181,6 +185,10 @@ class SmallUNet(nn.Module):
         fourier_scale: scale of the random Fourier frequencies.
         scale_by_sigma: divide the output by ``labels`` (NCSN++'s ``1/sigma`` output scaling);
             only valid with ``embedding_type="fourier"``.
+        num_classes: if set, an ``nn.Embedding(num_classes, 4 * base_channels)``
+            (``class_embed``) whose vector for ``class_labels`` is added to the noise embedding
+            (none for :data:`~scoresde.nn.embeddings.NULL_LABEL`); ``None``: unconditional, class
+            labels are an error.
     """
 
     def __init__(
@@ -195,10 +203,13 @@ class SmallUNet(nn.Module):
         embedding_type: EmbeddingType = "fourier",
         fourier_scale: float = 16.0,
         scale_by_sigma: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if scale_by_sigma and embedding_type != "fourier":
             raise ValueError("scale_by_sigma needs sigma labels, i.e. embedding_type='fourier'")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive or None, got {num_classes}")
         if not channel_mults or num_res_blocks < 1:
             raise ValueError("need at least one level and one ResNet block per level")
         self.in_channels = in_channels
@@ -232,13 +243,18 @@ class SmallUNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(_num_groups(ch), ch)
         self.conv_out = _zero_(nn.Conv2d(ch, in_channels, 3, padding=1))
+        # Created last, so that the seeded initial weights of the other layers do not change.
+        self.class_embed = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        """Return the network output ``(B, C, H, W)`` for images ``x`` and noise ``labels (B,)``."""
+    def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Return the network output ``(B, C, H, W)`` for images ``x``, noise ``labels (B,)`` and
+        optional ``class_labels (B,)`` int64 (needs ``num_classes``; ``NULL_LABEL`` rows are
+        unconditional)."""
         factor = 2 ** (self.num_levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by {factor}")
-        temb = F.silu(self.embed(labels))  # every block applies SiLU to it first
+        temb = add_class_embedding(self.embed(labels), self.class_embed, class_labels, "SmallUNet")
+        temb = F.silu(temb)  # every block applies SiLU to it first
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         skips = []
         for level, blocks in enumerate(self.down):

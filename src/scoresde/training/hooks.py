@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from scoresde.build import sampler_config
@@ -24,7 +25,13 @@ from scoresde.checkpoint import save_checkpoint
 from scoresde.config import Config, config_to_dict
 from scoresde.data.pipeline import is_image_data, load_split
 from scoresde.rundir import CHECKPOINT_NAME, atomic_write
-from scoresde.runs import TrainedModel, evaluate_likelihood, generate
+from scoresde.runs import (
+    TrainedClassifier,
+    TrainedModel,
+    classifier_accuracy,
+    evaluate_likelihood,
+    generate,
+)
 from scoresde.sdes import SDE
 from scoresde.seeding import derive_seed
 from scoresde.training.state import TrainState
@@ -188,7 +195,7 @@ class SampleGrid:
     ``.npy``): a visual check of a long run. Uses the config's sampler and the per-sample
     streams ``(seed, i)`` of ``scoresde sample`` (:func:`scoresde.runs.generate`), so sample
     ``i`` of every grid starts from the same noise, and nothing is drawn from the training
-    streams."""
+    streams. A label-conditional model draws class ``i mod K`` for sample ``i``."""
 
     def __init__(
         self, every: int, folder: Path, cfg: Config, sde: SDE, *, num_samples: int = 64
@@ -202,7 +209,10 @@ class SampleGrid:
             return
         from scoresde.viz import save_image_grid, save_scatter
 
-        x, _ = generate(_ema_run(self.cfg, self.sde, state), self.num_samples, seed=self.cfg.seed)
+        classes = self.cfg.model.num_classes
+        labels = torch.arange(self.num_samples) % classes if classes else None
+        run = _ema_run(self.cfg, self.sde, state)
+        x, _ = generate(run, self.num_samples, seed=self.cfg.seed, labels=labels)
         self.folder.mkdir(parents=True, exist_ok=True)
         name = self.folder / f"step_{state.step:07d}"
         np.save(name.with_suffix(".npy"), x.numpy())
@@ -232,6 +242,29 @@ class Evaluation:
         run = _ema_run(self.cfg, self.sde, state)
         result = evaluate_likelihood(run, self.data, seed=derive_seed(self.cfg.seed, state.step))
         result.pop("per_example")
+        line = {"step": state.step, **result}
+        self.results.append(line)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+class ClassifierEvaluation:
+    """Every ``every`` steps, the test-split accuracy of the EMA classifier against noise level
+    (:func:`scoresde.runs.classifier_accuracy` on the first ``eval.num_examples`` examples),
+    appended as one JSON line ``{"step": N, "times": [...], "accuracy": [...], ...}`` to
+    ``path``; its draws come from streams of the config's seed and the step."""
+
+    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
+        self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
+        self.results: list[dict] = []
+
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
+        if state.step % self.every:
+            return
+        device = next(state.model.parameters()).device
+        run = TrainedClassifier(self.cfg, self.sde, state.ema.shadow, device, state.step)
+        seed = derive_seed(self.cfg.seed, state.step)
+        result = classifier_accuracy(run, seed=seed, num_examples=self.cfg.eval.num_examples)
         line = {"step": state.step, **result}
         self.results.append(line)
         with self.path.open("a") as f:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from scoresde import distributed
-from scoresde.build import build_loss, build_model, build_score_fn, build_sde
+from scoresde.build import build_model, build_sde
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config import Config, save_config
 from scoresde.data.pipeline import Batch, to_model_scale, train_batches
@@ -38,12 +38,14 @@ from scoresde.seeding import BatchRows, derive_seed, stream
 from scoresde.training.ema import EMA
 from scoresde.training.hooks import (
     Checkpointer,
+    ClassifierEvaluation,
     Evaluation,
     Hook,
     MetricsLog,
     SampleGrid,
     StepStats,
 )
+from scoresde.training.objectives import Objective, build_objective
 from scoresde.training.optim import make_optimizer
 from scoresde.training.performance import prepare_network, tf32, to_memory_format
 from scoresde.training.resume import check_resume, restore
@@ -52,7 +54,6 @@ from scoresde.training.state import (
     MicroBatch,
     TrainState,
     batch_layout,
-    conditional,
     train_step,
 )
 
@@ -156,9 +157,13 @@ def train(
     tc = cfg.train
     layout = batch_layout(tc, rank=world.rank, world_size=world.size)
     resuming = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
+    if not resuming and tc.steps == 0:
+        raise ValueError("train.steps=0: a new run needs at least one step (--steps N)")
     sde = build_sde(cfg.sde)
-    state = create_state(cfg, sde, device, world_size=world.size)
-    loss_fn = build_loss(cfg, sde)
+    objective = build_objective(cfg, sde)
+    if objective.kind == "classifier" and tc.sample_every:
+        raise ValueError("train.sample_every: a classifier run draws no samples; set it to 0")
+    state = create_state(cfg, sde, device, objective, world_size=world.size)
     checkpointer = Checkpointer(workdir, cfg, tc.checkpoint_every, tc.snapshot_every)
     if resuming:
         restore(load_checkpoint(checkpointer.path), state)
@@ -182,7 +187,7 @@ def train(
         tc.batch_size,
         seed=derive_seed(cfg.seed, "data"),
         start=state.step,  # the data position: one batch per step
-        with_labels=conditional(cfg),
+        with_labels=objective.uses_labels,
         rows=layout.rank_rows,
     )
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
@@ -204,7 +209,8 @@ def train(
         if tc.sample_every:
             all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
         if tc.eval_every:
-            all_hooks.append(Evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
+            evaluation = ClassifierEvaluation if objective.kind == "classifier" else Evaluation
+            all_hooks.append(evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
         all_hooks += list(hooks)
 
     stopped_by = "steps"
@@ -216,7 +222,7 @@ def train(
                 tick = time.perf_counter()
                 rank_batch = next(batches).to(device)
                 micro = micro_batches(cfg, layout, rank_batch, state.step, device)
-                loss, grad_norm = train_step(state, micro, loss_fn, tc)
+                loss, grad_norm = train_step(state, micro, objective.loss, tc)
                 timed_out = bool(tc.minutes) and tick - start > 60 * tc.minutes
                 votes = torch.stack(
                     [
@@ -299,13 +305,16 @@ def micro_batches(
     return micro
 
 
-def create_state(cfg: Config, sde: SDE, device: torch.device, *, world_size: int = 1) -> TrainState:
-    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam.
+def create_state(
+    cfg: Config, sde: SDE, device: torch.device, objective: Objective, *, world_size: int = 1
+) -> TrainState:
+    """A fresh training state for ``cfg`` on ``device``: seeded weights, EMA, Adam; the
+    network wrapped as ``objective`` says (a score model or a noise-conditional classifier).
 
     The config's speed switches are applied here: ``channels_last`` weights, activation
     checkpointing, ``DistributedDataParallel`` when ``world_size > 1``, ``torch.compile`` (of
-    the wrapped network) and bf16 autocast in the score model. The weights trained and saved
-    are always those of the plain network (``state.model``).
+    the wrapped network) and bf16 autocast in the score model or classifier. The weights
+    trained and saved are always those of the plain network (``state.model``).
     """
     tc = cfg.train
     model = build_model(cfg).to(device)
@@ -321,7 +330,7 @@ def create_state(cfg: Config, sde: SDE, device: torch.device, *, world_size: int
     compute_dtype = torch.bfloat16 if tc.bf16 else None
     return TrainState(
         model=model,
-        score_model=build_score_fn(network, sde, cfg, compute_dtype=compute_dtype),
+        model_fn=objective.wrap(network, compute_dtype),
         ema=EMA(model, tc.ema_decay),
         optimizer=make_optimizer(model.parameters(), tc),
         step=0,

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from scoresde._tensor import NoiseSource
-from scoresde.build import LossFn
-from scoresde.config import Config, TrainConfig
+from scoresde.config import TrainConfig
 from scoresde.data.pipeline import Batch
 from scoresde.seeding import private_global_rng
 from scoresde.training.ema import EMA
+from scoresde.training.objectives import BatchLoss
 
 
 @dataclass
@@ -36,9 +36,11 @@ class TrainState:
 
     Attributes:
         model: the network being trained (its ``state_dict`` is what checkpoints hold).
-        score_model: the network as ``score_fn(x, t, **condition)``
-            (:class:`scoresde.ScoreModel`), over ``model`` or a wrapper of it that shares its
-            parameters (``DistributedDataParallel``, ``torch.compile``).
+        model_fn: the network as the function the loss calls, over ``model`` or a wrapper of
+            it that shares its parameters (``DistributedDataParallel``, ``torch.compile``): a
+            score ``score_fn(x, t, **condition)`` (:class:`scoresde.ScoreModel`) or a
+            classifier ``log_prob_fn(x, t)`` (:class:`scoresde.classifier.NoiseClassifier`);
+            :mod:`scoresde.training.objectives`.
         ema: the exponential moving average of ``model``'s weights.
         optimizer: Adam (:func:`scoresde.training.optim.make_optimizer`).
         step: optimisation steps taken so far.
@@ -47,7 +49,7 @@ class TrainState:
     """
 
     model: nn.Module
-    score_model: Any
+    model_fn: Any
     ema: EMA
     optimizer: torch.optim.Optimizer
     step: int
@@ -126,19 +128,20 @@ def warmup_lr(step: int, lr: float, warmup: int) -> float:
 
 
 def train_step(
-    state: TrainState, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, tc: TrainConfig
+    state: TrainState, micro_batches: Sequence[MicroBatch], loss_fn: BatchLoss, tc: TrainConfig
 ) -> tuple[Tensor, Tensor]:
     """One optimisation step over ``micro_batches``; returns ``(mean loss, gradient norm)`` as
     detached 0-dim tensors (reading them is a device sync, left to the caller).
 
     The gradient is the mean over all examples of all micro-batches (and, under
     ``DistributedDataParallel``, all ranks): each micro-batch's mean loss is divided by their
-    number, and ranks synchronise only at the last one. The condition in ``batch.labels``
-    reaches the network as ``class_labels``. Dropout draws from torch's global generator,
-    forked and seeded with each micro-batch's ``dropout_seed``, so the caller's global RNG is
-    untouched. Sets the warmed-up learning rate, clips the gradient norm at ``tc.grad_clip``
-    (``< 0``: off; the norm is returned either way), steps the optimiser, updates the EMA and
-    advances ``state.step``.
+    number, and ranks synchronise only at the last one. ``loss_fn(state.model_fn, batch,
+    noise) -> (B,)`` is the run's objective (:mod:`scoresde.training.objectives`: denoising
+    score matching, label conditional or not, or a classifier's cross-entropy). Dropout draws
+    from torch's global generator, forked and seeded with each micro-batch's ``dropout_seed``,
+    so the caller's global RNG is untouched. Sets the warmed-up learning rate, clips the
+    gradient norm at ``tc.grad_clip`` (``< 0``: off; the norm is returned either way), steps
+    the optimiser, updates the EMA and advances ``state.step``.
     """
     for group in state.optimizer.param_groups:
         group["lr"] = warmup_lr(state.step, tc.lr, tc.warmup)
@@ -151,8 +154,7 @@ def train_step(
         last_micro = i == n - 1
         sync = state.no_sync() if state.no_sync is not None and not last_micro else nullcontext()
         with sync, private_global_rng(micro.dropout_seed, device):
-            score_fn = _conditioned(state.score_model, micro.batch.labels)
-            loss = loss_fn(score_fn, micro.batch.data, micro.noise).mean() / n
+            loss = loss_fn(state.model_fn, micro.batch, micro.noise).mean() / n
             loss.backward()
         total = total + loss.detach()
     max_norm = tc.grad_clip if tc.grad_clip >= 0 else math.inf
@@ -161,18 +163,3 @@ def train_step(
     state.ema.update(state.model)
     state.step += 1
     return total, grad_norm.detach()
-
-
-def _conditioned(score_model: Any, labels: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
-    if labels is None:
-        return score_model
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        return score_model(x, t, class_labels=labels)
-
-    return score_fn
-
-
-def conditional(cfg: Config) -> bool:
-    """Whether the run trains a class-conditional model (``model.num_classes > 0``)."""
-    return cfg.model.num_classes > 0
