@@ -9,6 +9,7 @@ the asked component, and its null label the whole mixture.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -23,6 +24,7 @@ from scoresde.classifier import (
     classifier_loss,
     perturb,
 )
+from scoresde.conditioning import check_conditioning, conditional_score_fn
 from scoresde.config import apply_overrides
 from scoresde.data.mixture import mixture_class_log_prob_fn
 from scoresde.data.pipeline import Batch, load_labeled_split
@@ -30,14 +32,7 @@ from scoresde.data.toy import toy_gmm
 from scoresde.nn.embeddings import NULL_LABEL
 from scoresde.presets import get_preset
 from scoresde.presets.classifiers import classifier_preset
-from scoresde.runs import (
-    check_conditioning,
-    classifier_accuracy,
-    conditional_score_fn,
-    generate,
-    load_classifier,
-    load_trained,
-)
+from scoresde.runs import classifier_accuracy, generate, load_classifier, load_trained
 from scoresde.training.loop import train
 from scoresde.training.objectives import build_objective
 
@@ -108,10 +103,23 @@ def _classifier_config(steps=1000):
     return apply_overrides(classifier_preset(get_preset("toy_gmm")), over)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Module fixtures run before the function-scoped ``single_thread``: small networks train
+    fastest on one thread (and a busy second core does not stall them)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def gmm_classifier(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clf")
-    train(_classifier_config(), folder, progress=False)
+    with _one_thread():
+        train(_classifier_config(), folder, progress=False)
     return load_classifier(folder, device="cpu")
 
 
@@ -180,7 +188,8 @@ def conditional_gmm(tmp_path_factory):
         "model.depth=2",
         *QUIET,
     ]
-    train(apply_overrides(get_preset("toy_gmm"), over), folder, progress=False)
+    with _one_thread():
+        train(apply_overrides(get_preset("toy_gmm"), over), folder, progress=False)
     return load_trained(folder / "checkpoint.safetensors", device="cpu")
 
 
@@ -249,7 +258,7 @@ def test_the_trained_classifier_guides_the_exact_score_to_its_class(gmm_classifi
 def test_a_classifier_must_share_the_perturbation_and_the_data(gmm_classifier, tmp_path):
     from dataclasses import replace
 
-    from scoresde.runs import same_perturbation
+    from scoresde.conditioning import same_perturbation
 
     assert same_perturbation(VPSDE(), VPSDE())
     assert not same_perturbation(VPSDE(), VPSDE(beta_max=10.0))

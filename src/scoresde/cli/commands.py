@@ -140,9 +140,10 @@ def _cmd_sample(a) -> int:
 
     import torch
 
+    from scoresde.conditioning import check_conditioning
     from scoresde.config import save_config
     from scoresde.rundir import check_output_dir
-    from scoresde.runs import check_conditioning, generate_classes, load_classifier, load_trained
+    from scoresde.runs import generate_classes, load_classifier, load_trained
     from scoresde.sampling import check_sampler
     from scoresde.viz import save_image_grid, save_scatter
 
