@@ -39,6 +39,12 @@ class SDE:
     and ``langevin_alpha``: the SDE's own mathematics only. How a network is conditioned on time
     and what it outputs are the network's conventions, held by :class:`scoresde.ScoreModel`
     (which reads ``m(t)``, ``s(t)``, ``T``, ``N`` and, for DDPM models, ``alphas_cumprod``).
+
+    The paper's SDEs also give the noise schedule in the variables of the fast samplers, as closed
+    forms with their inverses: ``sigma(t) = s(t) / m(t)`` (the noise-to-signal ratio of EDM,
+    Karras et al., 2022) and ``t_from_sigma``, and the log-SNR
+    ``log_snr(t) = log(m^2 / s^2) = -2 log sigma(t)`` (DPM-Solver, Lu et al., 2022) and
+    ``t_from_log_snr``; all map ``(B,)`` to ``(B,)`` and keep dtype and device.
     """
 
     T: float = 1.0
@@ -92,7 +98,24 @@ class VESDE(SDE):
         return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N))
 
     def sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, ``(B,)``: the std ``s(t)``, and also
+        ``s(t) / m(t)`` since ``m = 1``."""
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """The inverse of :meth:`sigma`, ``(B,)``:
+        ``t = log(sigma / sigma_min) / log(sigma_max / sigma_min)``."""
+        return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = -2 log sigma(t) = -2 (log sigma_min + t log(sigma_max / sigma_min))``,
+        ``(B,)``, in closed form (no rounding of ``sigma`` before the log)."""
+        return -2.0 * (math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """The inverse of :meth:`log_snr`: ``t = (-lambda / 2 - log sigma_min) / log(sigma_max /
+        sigma_min)``, ``(B,)``."""
+        return (-0.5 * lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Drift ``0`` and diffusion ``sigma(t) sqrt(2 log(sigma_max / sigma_min))``."""
@@ -154,6 +177,17 @@ class _BetaSchedule(SDE):
         """``log m(t) = -1/2 int_0^t beta(s) ds``, ``(B,)``."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
+    def t_from_log_mean_coeff(self, log_m: Tensor) -> Tensor:
+        """The inverse of :meth:`log_mean_coeff` on ``t >= 0``, ``(B,)``.
+
+        ``L = -2 log m = t^2 D / 2 + t beta_min`` with ``D = beta_max - beta_min``: the positive
+        root ``t = (-beta_min + sqrt(beta_min^2 + 2 D L)) / D``, written without cancellation as
+        ``2 L / (beta_min + sqrt(beta_min^2 + 2 D L))`` (which also holds for ``D = 0``).
+        """
+        L = -2.0 * log_m
+        D = self.beta_max - self.beta_min
+        return 2.0 * L / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * D * L))
+
     def langevin_alpha(self, t: Tensor) -> Tensor:
         """DDPM's ``alpha_i = 1 - beta_i`` at ``t``'s discretisation index (Algorithm 5)."""
         return _lookup(self.alphas, _index(t, self.N, self.T), t)
@@ -170,6 +204,32 @@ class VPSDE(_BetaSchedule):
         """``m(t) = exp(log_mean_coeff)``, ``s(t) = sqrt(1 - m(t)^2)`` (eq. 29)."""
         lmc = self.log_mean_coeff(t)
         return torch.exp(lmc), torch.sqrt(-torch.expm1(2 * lmc))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t) = s / m = sqrt(1 / m^2 - 1) = sqrt(expm1(-2 log m))``, ``(B,)``."""
+        return torch.sqrt(torch.expm1(-2.0 * self.log_mean_coeff(t)))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """The inverse of :meth:`sigma`: ``log m = -log1p(sigma^2) / 2``, then
+        :meth:`t_from_log_mean_coeff`, ``(B,)``."""
+        return self.t_from_log_mean_coeff(-0.5 * torch.log1p(sigma**2))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = log(m^2 / s^2) = 2 log m - log(-expm1(2 log m))``, ``(B,)``.
+
+        Equal to ``-log(expm1(-2 log m))`` but free of overflow when ``-2 log m`` is large.
+        """
+        lmc = self.log_mean_coeff(t)
+        return 2.0 * lmc - torch.log(-torch.expm1(2.0 * lmc))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """The inverse of :meth:`log_snr`, ``(B,)``.
+
+        ``1 / m^2 = 1 + exp(-lambda)``, so ``-2 log m = softplus(-lambda)``, evaluated as
+        ``max(-lambda, 0) + log1p(exp(-|lambda|))`` (no overflow, no loss for large ``lambda``).
+        """
+        L = torch.clamp(-lam, min=0.0) + torch.log1p(torch.exp(-torch.abs(lam)))
+        return self.t_from_log_mean_coeff(-0.5 * L)
 
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
         """DDPM update ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` as ``(f, G)`` (eq. 46).
@@ -198,6 +258,33 @@ class SubVPSDE(_BetaSchedule):
         """``m(t)`` as VP, ``s(t) = 1 - m(t)^2`` (eq. 30)."""
         lmc = self.log_mean_coeff(t)
         return torch.exp(lmc), -torch.expm1(2 * lmc)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t) = s / m = (1 - m^2) / m = -expm1(2 log m) / m``, ``(B,)``.
+
+        Equivalently ``2 sinh(-log m)``, the form that :meth:`t_from_sigma` inverts.
+        """
+        lmc = self.log_mean_coeff(t)
+        return -torch.expm1(2.0 * lmc) / torch.exp(lmc)
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """The inverse of :meth:`sigma`, ``(B,)``.
+
+        ``m^2 + sigma m - 1 = 0`` has the root ``m = 2 / (sigma + sqrt(sigma^2 + 4))``, i.e.
+        ``log m = -asinh(sigma / 2)`` (accurate also where ``m`` rounds to one), then
+        :meth:`t_from_log_mean_coeff`.
+        """
+        return self.t_from_log_mean_coeff(-torch.asinh(0.5 * sigma))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = log(m^2 / s^2) = 2 log m - 2 log(-expm1(2 log m))``, ``(B,)``."""
+        lmc = self.log_mean_coeff(t)
+        return 2.0 * lmc - 2.0 * torch.log(-torch.expm1(2.0 * lmc))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """The inverse of :meth:`log_snr`: ``sigma = exp(-lambda / 2)``, then :meth:`t_from_sigma`,
+        ``(B,)``."""
+        return self.t_from_sigma(torch.exp(-0.5 * lam))
 
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
         """Euler-Maruyama ``f = drift dt``, ``G = g sqrt(dt)``, ``dt = T / N`` or ``t - t_next``."""

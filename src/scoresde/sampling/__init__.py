@@ -9,7 +9,7 @@ from scoresde.sampling.correctors import (
     langevin_per_example,
     no_corrector,
 )
-from scoresde.sampling.grids import uniform_time_grid
+from scoresde.sampling.grids import edm_time_grid, log_snr_time_grid, uniform_time_grid
 from scoresde.sampling.ode import ode_sample, solve_probability_flow
 from scoresde.sampling.pc import pc_sample
 from scoresde.sampling.predictors import (
@@ -27,9 +27,11 @@ __all__ = [
     "ancestral_sampling",
     "annealed_langevin",
     "check_sampler",
+    "edm_time_grid",
     "euler_maruyama",
     "langevin",
     "langevin_per_example",
+    "log_snr_time_grid",
     "no_corrector",
     "no_predictor",
     "ode_sample",
