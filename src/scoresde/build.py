@@ -359,9 +359,14 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
 
     ``method`` overrides ``cfg.method``. The PC sampler takes the predictor, corrector,
     ``snr``, ``n_steps``, ``num_steps``, ``eps`` and ``denoise``; the ODE sampler the
-    tolerances ``ode_rtol``/``ode_atol``, ``eps`` and ``denoise``.
+    tolerances ``ode_rtol``/``ode_atol``, ``eps`` and ``denoise``; the few-step ODE samplers
+    (``ddim``, ``heun``, ``dpmpp_2m``, ``dpmpp_3m``) ``num_steps``, ``eps``, ``denoise``,
+    ``rho`` and ``grid`` (only when set: empty keeps the sampler's own default grid).
     """
     method = method or cfg.method
+    few_step = dict(num_steps=cfg.num_steps, eps=cfg.eps, denoise=cfg.denoise, rho=cfg.rho)
+    if cfg.grid:
+        few_step["grid"] = cfg.grid
     fields = {
         "pc": dict(
             predictor=cfg.predictor,
@@ -373,6 +378,7 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
             denoise=cfg.denoise,
         ),
         "ode": dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, eps=cfg.eps, denoise=cfg.denoise),
+        **{name: dict(few_step) for name in ("ddim", "heun", "dpmpp_2m", "dpmpp_3m")},
     }
     options = fields.get(method, {})
     check_sampler(method, options)

@@ -192,7 +192,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     """Sampling: ``method`` names the sampler (``"pc"``: Algorithm 1, ``"ode"``: the
-    probability flow; :data:`scoresde.SAMPLERS`), the other fields are its options.
+    probability flow; ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``: the few-step ODE
+    samplers; :data:`scoresde.SAMPLERS`), the other fields are its options.
+
+    The few-step samplers take ``num_steps``, ``eps``, ``denoise``, the time ``grid``
+    (``"uniform"``, ``"edm"``, ``"log_snr"``; empty: the sampler's own default) and ``rho``
+    (the EDM grid's exponent).
 
     ``batch_size`` only splits the work: each sample's noise comes from its own stream
     ``(seed, index)``, so samples do not depend on it.
@@ -210,6 +215,8 @@ class SampleConfig:
     denoise: bool = True
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
+    grid: str = ""
+    rho: float = 7.0
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
@@ -219,6 +226,11 @@ class SampleConfig:
         _check(self.snr >= 0, f"sample.snr must be >= 0, got {self.snr}")
         _check(0 <= self.eps < 1, f"sample.eps must be in [0, 1), got {self.eps}")
         _check(self.ode_rtol > 0 and self.ode_atol > 0, "sample.ode_rtol/ode_atol must be > 0")
+        _check(
+            self.grid in ("", "uniform", "edm", "log_snr"),
+            f"sample.grid must be '', 'uniform', 'edm' or 'log_snr', got {self.grid!r}",
+        )
+        _check(self.rho > 0, f"sample.rho must be > 0, got {self.rho}")
 
 
 @dataclass(frozen=True)

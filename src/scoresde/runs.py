@@ -173,8 +173,8 @@ def generate(
 
     Returns:
         ``(samples (num_samples, *shape), info)`` with ``info["method"]``, ``info["nfe"]``
-        (score evaluations per sample; for the ODE the largest over the batches) and, for PC,
-        ``info["pc_steps"]``.
+        (score evaluations per sample; for the ODE the largest over the batches) and, for the
+        samplers on a time grid, ``info["num_steps"]`` (also ``info["pc_steps"]`` for PC).
     """
     sc = replace(run.cfg.sample, **overrides)
     method, options = sampler_config(sc, method)
@@ -208,7 +208,9 @@ def generate(
         )
         info["nfe"] = max(info["nfe"], batch_info["nfe"])
         if "num_steps" in batch_info:
-            info["pc_steps"] = batch_info["num_steps"]
+            info["num_steps"] = batch_info["num_steps"]
+            if method == "pc":
+                info["pc_steps"] = batch_info["num_steps"]
         out.append(from_model_scale(x, run.cfg.data).cpu())
     return torch.cat(out), info
 

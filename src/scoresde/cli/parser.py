@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True, help="folder for samples.npy/png")
     s.add_argument(
-        "--method", help="a sampler of scoresde.SAMPLERS: pc, ode (default: sample.method)"
+        "--method",
+        help="a sampler of scoresde.SAMPLERS: pc, ode, ddim, heun, dpmpp_2m, dpmpp_3m "
+        "(default: sample.method)",
     )
     s.add_argument("--num-samples", type=int, default=64)
     s.add_argument(

@@ -1,5 +1,6 @@
-"""Samplers: predictor and corrector steps, the PC loop, the probability-flow ODE, and the one
-interface over them (:func:`sample` and the :data:`SAMPLERS` table)."""
+"""Samplers: predictor and corrector steps, the PC loop, the probability-flow ODE, the few-step
+ODE samplers (DDIM, Heun, DPM-Solver++), and the one interface over them (:func:`sample` and the
+:data:`SAMPLERS` table)."""
 
 from scoresde.sampling.api import SAMPLERS, check_sampler, sample, sampler_options
 from scoresde.sampling.correctors import (
@@ -8,6 +9,13 @@ from scoresde.sampling.correctors import (
     langevin,
     langevin_per_example,
     no_corrector,
+)
+from scoresde.sampling.fast_ode import (
+    GRIDS,
+    ddim_sampler,
+    dpmpp_2m_sampler,
+    dpmpp_3m_sampler,
+    heun_sampler,
 )
 from scoresde.sampling.grids import edm_time_grid, log_snr_time_grid, uniform_time_grid
 from scoresde.sampling.ode import ode_sample, solve_probability_flow
@@ -22,13 +30,18 @@ from scoresde.sampling.predictors import (
 
 __all__ = [
     "CORRECTORS",
+    "GRIDS",
     "PREDICTORS",
     "SAMPLERS",
     "ancestral_sampling",
     "annealed_langevin",
     "check_sampler",
+    "ddim_sampler",
+    "dpmpp_2m_sampler",
+    "dpmpp_3m_sampler",
     "edm_time_grid",
     "euler_maruyama",
+    "heun_sampler",
     "langevin",
     "langevin_per_example",
     "log_snr_time_grid",

@@ -25,6 +25,13 @@ import torch
 from torch import Tensor
 
 from scoresde.sampling.correctors import CORRECTORS
+from scoresde.sampling.fast_ode import (
+    check_grid,
+    ddim_sampler,
+    dpmpp_2m_sampler,
+    dpmpp_3m_sampler,
+    heun_sampler,
+)
 from scoresde.sampling.ode import ode_sample
 from scoresde.sampling.pc import Callback, Projection, pc_sample, resolve
 from scoresde.sampling.predictors import PREDICTORS
@@ -135,6 +142,10 @@ def ode_sampler(
 SAMPLERS: dict[str, Sampler] = {
     "pc": pc_sampler,
     "ode": ode_sampler,
+    "ddim": ddim_sampler,
+    "heun": heun_sampler,
+    "dpmpp_2m": dpmpp_2m_sampler,
+    "dpmpp_3m": dpmpp_3m_sampler,
 }
 """Method name -> sampler; each takes ``(sde, score_fn, x_T, *, generator, project, callback,
 progress, **options)`` and returns ``(x, info)``."""
@@ -154,8 +165,9 @@ def sampler_options(method: str) -> tuple[str, ...]:
 def check_sampler(method: str, options: dict[str, Any] | None = None) -> Sampler:
     """The sampler called ``method``, after checking its options; one-line ``ValueError``s.
 
-    Checks the method name, that every option is one the sampler takes, and the predictor and
-    corrector names of PC sampling (callables pass as they are).
+    Checks the method name, that every option is one the sampler takes, the predictor and
+    corrector names of PC sampling (callables pass as they are) and the name of a ``grid``
+    (:data:`scoresde.sampling.fast_ode.GRIDS`).
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; choose from {sorted(SAMPLERS)}")
@@ -172,6 +184,8 @@ def check_sampler(method: str, options: dict[str, Any] | None = None) -> Sampler
     for kind, table in (("predictor", PREDICTORS), ("corrector", CORRECTORS)):
         if options.get(kind) is not None:
             resolve(options[kind], table, kind)
+    if options.get("grid") is not None:
+        check_grid(options["grid"])
     return sampler
 
 
@@ -192,7 +206,9 @@ def sample(
     Args:
         sde: the forward SDE.
         score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``, e.g. a :class:`ScoreModel`.
-        method: a name from :data:`SAMPLERS` (``"pc"``, ``"ode"``).
+        method: a name from :data:`SAMPLERS`: ``"pc"``, ``"ode"``, or the deterministic
+            few-step ODE samplers ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``
+            (:mod:`scoresde.sampling.fast_ode`).
         generator: the source of every random draw: a ``torch.Generator`` or a
             :class:`scoresde.seeding.SampleStreams` (one stream per example, which makes each
             example independent of the batch it is drawn in).
@@ -201,7 +217,8 @@ def sample(
         callback: ``callback(i, t, x)`` as the sampler goes.
         progress: show a progress bar where the sampler has one.
         options: the sampler's own options (e.g. ``num_steps``, ``snr`` for ``"pc"``;
-            ``rtol``, ``atol`` for ``"ode"``); see :func:`sampler_options`.
+            ``rtol``, ``atol`` for ``"ode"``; ``num_steps``, ``grid``, ``rho`` for the
+            few-step ODE samplers); see :func:`sampler_options`.
 
     Returns:
         ``(samples (B, ...), info)`` with ``info["nfe"]`` the number of score evaluations.
