@@ -298,7 +298,8 @@ def test_cli_samples_with_heun(tmp_path, capsys):
                  "--set", "sample.grid=log_snr"])
     assert code == 0
     info = json.loads(capsys.readouterr().out)
-    assert (info["method"], info["nfe"], info["pc_steps"]) == ("heun", 9, 4)
+    assert (info["method"], info["nfe"], info["num_steps"]) == ("heun", 9, 4)
+    assert "pc_steps" not in info
     assert np.isfinite(np.load(tmp_path / "s" / "samples.npy")).all()
 
 

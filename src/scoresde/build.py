@@ -361,7 +361,10 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
     ``snr``, ``n_steps``, ``num_steps``, ``eps`` and ``denoise``; the ODE sampler the
     tolerances ``ode_rtol``/``ode_atol``, ``eps`` and ``denoise``; the few-step ODE samplers
     (``ddim``, ``heun``, ``dpmpp_2m``, ``dpmpp_3m``) ``num_steps``, ``eps``, ``denoise``,
-    ``rho`` and ``grid`` (only when set: empty keeps the sampler's own default grid).
+    ``rho`` and ``grid`` (only when set: empty keeps the sampler's own default grid); EDM's
+    stochastic sampler (``edm``) ``num_steps``, ``eps``, ``rho``, ``s_churn``, ``s_noise`` and
+    ``denoise``; the adaptive SDE solver (``adaptive``) ``adaptive_rtol``/``adaptive_atol``
+    (0: its default), ``eps`` and ``denoise``.
     """
     method = method or cfg.method
     few_step = dict(num_steps=cfg.num_steps, eps=cfg.eps, denoise=cfg.denoise, rho=cfg.rho)
@@ -379,6 +382,20 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
         ),
         "ode": dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, eps=cfg.eps, denoise=cfg.denoise),
         **{name: dict(few_step) for name in ("ddim", "heun", "dpmpp_2m", "dpmpp_3m")},
+        "edm": dict(
+            num_steps=cfg.num_steps,
+            eps=cfg.eps,
+            rho=cfg.rho,
+            s_churn=cfg.s_churn,
+            s_noise=cfg.s_noise,
+            denoise=cfg.denoise,
+        ),
+        "adaptive": dict(
+            rtol=cfg.adaptive_rtol,
+            atol=cfg.adaptive_atol or None,
+            eps=cfg.eps,
+            denoise=cfg.denoise,
+        ),
     }
     options = fields.get(method, {})
     check_sampler(method, options)

@@ -193,11 +193,16 @@ class TrainConfig:
 class SampleConfig:
     """Sampling: ``method`` names the sampler (``"pc"``: Algorithm 1, ``"ode"``: the
     probability flow; ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``: the few-step ODE
-    samplers; :data:`scoresde.SAMPLERS`), the other fields are its options.
+    samplers; ``"edm"``: EDM's stochastic sampler; ``"adaptive"``: the adaptive-step SDE solver
+    of Jolicoeur-Martineau et al., 2021; :data:`scoresde.SAMPLERS`), the other fields are its
+    options.
 
     The few-step samplers take ``num_steps``, ``eps``, ``denoise``, the time ``grid``
     (``"uniform"``, ``"edm"``, ``"log_snr"``; empty: the sampler's own default) and ``rho``
-    (the EDM grid's exponent).
+    (the EDM grid's exponent); ``"edm"`` also ``s_churn`` and ``s_noise`` (its noise
+    injection, Karras et al., 2022, Algorithm 2), on the EDM grid. ``"adaptive"`` takes
+    ``adaptive_rtol`` and ``adaptive_atol`` (0: one 8-bit grey level of centred data, 2/256),
+    ``eps`` and ``denoise``.
 
     ``batch_size`` only splits the work: each sample's noise comes from its own stream
     ``(seed, index)``, so samples do not depend on it.
@@ -217,6 +222,10 @@ class SampleConfig:
     ode_atol: float = 1e-5
     grid: str = ""
     rho: float = 7.0
+    s_churn: float = 0.0
+    s_noise: float = 1.0
+    adaptive_rtol: float = 0.05
+    adaptive_atol: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
@@ -231,6 +240,10 @@ class SampleConfig:
             f"sample.grid must be '', 'uniform', 'edm' or 'log_snr', got {self.grid!r}",
         )
         _check(self.rho > 0, f"sample.rho must be > 0, got {self.rho}")
+        _check(self.s_churn >= 0, f"sample.s_churn must be >= 0, got {self.s_churn}")
+        _check(self.s_noise >= 0, f"sample.s_noise must be >= 0, got {self.s_noise}")
+        _check(self.adaptive_rtol > 0, "sample.adaptive_rtol must be > 0")
+        _check(self.adaptive_atol >= 0, "sample.adaptive_atol must be >= 0 (0: the default)")
 
 
 @dataclass(frozen=True)

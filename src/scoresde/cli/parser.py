@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="folder for samples.npy/png")
     s.add_argument(
         "--method",
-        help="a sampler of scoresde.SAMPLERS: pc, ode, ddim, heun, dpmpp_2m, dpmpp_3m "
+        help="a sampler of scoresde.SAMPLERS: pc, ode, ddim, heun, dpmpp_2m, dpmpp_3m, edm, "
+        "adaptive "
         "(default: sample.method)",
     )
     s.add_argument("--num-samples", type=int, default=64)

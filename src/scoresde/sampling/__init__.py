@@ -1,5 +1,6 @@
 """Samplers: predictor and corrector steps, the PC loop, the probability-flow ODE, the few-step
-ODE samplers (DDIM, Heun, DPM-Solver++), and the one interface over them (:func:`sample` and the
+ODE samplers (DDIM, Heun, DPM-Solver++), EDM's stochastic sampler and the adaptive-step SDE
+solver, and the one interface over them (:func:`sample` and the
 :data:`SAMPLERS` table)."""
 
 from scoresde.sampling.api import SAMPLERS, check_sampler, sample, sampler_options
@@ -17,6 +18,7 @@ from scoresde.sampling.fast_ode import (
     dpmpp_3m_sampler,
     heun_sampler,
 )
+from scoresde.sampling.fast_sde import adaptive_sde_sampler, edm_stochastic_sampler
 from scoresde.sampling.grids import edm_time_grid, log_snr_time_grid, uniform_time_grid
 from scoresde.sampling.ode import ode_sample, solve_probability_flow
 from scoresde.sampling.pc import pc_sample
@@ -33,12 +35,14 @@ __all__ = [
     "GRIDS",
     "PREDICTORS",
     "SAMPLERS",
+    "adaptive_sde_sampler",
     "ancestral_sampling",
     "annealed_langevin",
     "check_sampler",
     "ddim_sampler",
     "dpmpp_2m_sampler",
     "dpmpp_3m_sampler",
+    "edm_stochastic_sampler",
     "edm_time_grid",
     "euler_maruyama",
     "heun_sampler",

@@ -32,6 +32,7 @@ from scoresde.sampling.fast_ode import (
     dpmpp_3m_sampler,
     heun_sampler,
 )
+from scoresde.sampling.fast_sde import adaptive_sde_sampler, edm_stochastic_sampler
 from scoresde.sampling.ode import ode_sample
 from scoresde.sampling.pc import Callback, Projection, pc_sample, resolve
 from scoresde.sampling.predictors import PREDICTORS
@@ -146,6 +147,8 @@ SAMPLERS: dict[str, Sampler] = {
     "heun": heun_sampler,
     "dpmpp_2m": dpmpp_2m_sampler,
     "dpmpp_3m": dpmpp_3m_sampler,
+    "edm": edm_stochastic_sampler,
+    "adaptive": adaptive_sde_sampler,
 }
 """Method name -> sampler; each takes ``(sde, score_fn, x_T, *, generator, project, callback,
 progress, **options)`` and returns ``(x, info)``."""
@@ -208,7 +211,8 @@ def sample(
         score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``, e.g. a :class:`ScoreModel`.
         method: a name from :data:`SAMPLERS`: ``"pc"``, ``"ode"``, or the deterministic
             few-step ODE samplers ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``
-            (:mod:`scoresde.sampling.fast_ode`).
+            (:mod:`scoresde.sampling.fast_ode`), and the stochastic ``"edm"`` (churn) and
+            ``"adaptive"`` (adaptive-step SDE solver) of :mod:`scoresde.sampling.fast_sde`.
         generator: the source of every random draw: a ``torch.Generator`` or a
             :class:`scoresde.seeding.SampleStreams` (one stream per example, which makes each
             example independent of the batch it is drawn in).
