@@ -141,6 +141,24 @@ def test_pc_guided_samples_component(name, k):
     check_component(x, k)
 
 
+@pytest.mark.parametrize("name", ["VE", "VP"])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("heun", {"num_steps": 30}),
+        ("dpmpp_2m", {"num_steps": 30}),
+        ("edm", {"num_steps": 40, "s_churn": 20.0}),
+    ],
+)
+def test_the_fast_samplers_sample_the_guided_component(name, method, options):
+    """A guided score is a score: every fast sampler samples component ``k`` with it."""
+    sde = SDES[name]
+    gen = torch.Generator().manual_seed(30)
+    x_T = sde.prior_sampling((1500, 2), gen, dtype=F64)
+    x, _ = sample(sde, guided(sde, 1), x_T, method=method, generator=gen, **options)
+    check_component(x, 1)
+
+
 def test_ode_guided_samples_component():
     sde = SDES["VP"]
     gen = torch.Generator().manual_seed(20)
