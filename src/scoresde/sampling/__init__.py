@@ -12,7 +12,6 @@ from scoresde.sampling.correctors import (
     no_corrector,
 )
 from scoresde.sampling.fast_ode import (
-    GRIDS,
     ddim_sampler,
     dpmpp_2m_sampler,
     dpmpp_3m_sampler,
@@ -29,6 +28,7 @@ from scoresde.sampling.predictors import (
     no_predictor,
     reverse_diffusion,
 )
+from scoresde.sampling.scaled import GRIDS
 
 __all__ = [
     "CORRECTORS",

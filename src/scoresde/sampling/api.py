@@ -26,7 +26,6 @@ from torch import Tensor
 
 from scoresde.sampling.correctors import CORRECTORS
 from scoresde.sampling.fast_ode import (
-    check_grid,
     ddim_sampler,
     dpmpp_2m_sampler,
     dpmpp_3m_sampler,
@@ -36,6 +35,7 @@ from scoresde.sampling.fast_sde import adaptive_sde_sampler, edm_stochastic_samp
 from scoresde.sampling.ode import ode_sample
 from scoresde.sampling.pc import Callback, Projection, pc_sample, resolve
 from scoresde.sampling.predictors import PREDICTORS
+from scoresde.sampling.scaled import check_grid
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 
@@ -170,7 +170,7 @@ def check_sampler(method: str, options: dict[str, Any] | None = None) -> Sampler
 
     Checks the method name, that every option is one the sampler takes, the predictor and
     corrector names of PC sampling (callables pass as they are) and the name of a ``grid``
-    (:data:`scoresde.sampling.fast_ode.GRIDS`).
+    (:data:`scoresde.sampling.scaled.GRIDS`).
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; choose from {sorted(SAMPLERS)}")

@@ -29,8 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from scoresde._tensor import append_dims, flat_mean, randn_like
-from scoresde.sampling.grids import edm_time_grid
 from scoresde.sampling.pc import Callback, Projection
+from scoresde.sampling.scaled import Denoiser, ScaledPath, sampler_times
 from scoresde.score import ScoreFn, tweedie_denoise
 from scoresde.sdes import SDE, reverse_sde
 
@@ -57,29 +57,6 @@ ERROR_NORMS = {"l2": _rms, "linf": _max_abs}
 """Norms of the scaled error of :func:`adaptive_sde_sampler`: ``"l2"`` is GGF's
 ``||e||_2 / sqrt(n)`` (root mean square over the ``n`` elements of an example), ``"linf"`` the
 largest element."""
-
-
-def _scaled_denoiser(sde: SDE, score_fn: ScoreFn, y: Tensor, t: Tensor) -> Tensor:
-    """EDM's ``D(y; sigma(t))`` for the scaled state ``y = x / m(t)``: ``E[x_0 | x_t = m y]``.
-
-    ``y`` ``(B, ...)``, ``t`` ``(B,)``; one score evaluation.
-    """
-    m = append_dims(sde.marginal_coeffs(t)[0], y.ndim)
-    return tweedie_denoise(sde, score_fn, m * y, t)
-
-
-def _checked_grid(sde: SDE, time_grid: Tensor, like: Tensor) -> Tensor:
-    grid = torch.as_tensor(time_grid).to(device=like.device, dtype=like.dtype)
-    if grid.ndim != 1 or len(grid) < 2:
-        raise ValueError(f"time_grid must be 1-d with at least 2 times, got {tuple(grid.shape)}")
-    if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError("time_grid must be strictly decreasing (from T towards 0)")
-    if not (float(grid[-1]) > 0 and float(grid[0]) <= sde.T * (1 + 1e-6)):
-        raise ValueError(
-            f"time_grid must lie in (0, T] = (0, {sde.T}], got [{float(grid[-1])}, "
-            f"{float(grid[0])}]"
-        )
-    return grid
 
 
 def edm_stochastic_sampler(
@@ -150,52 +127,32 @@ def edm_stochastic_sampler(
     """
     if s_churn < 0 or s_noise < 0:
         raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn} and {s_noise}")
-    if time_grid is None:
-        time_grid = edm_time_grid(
-            sde, num_steps, eps=eps, rho=rho, device=x_T.device, dtype=x_T.dtype
-        )
-    else:
-        time_grid = _checked_grid(sde, time_grid, x_T)
-    n = len(time_grid) - 1
-    ones = torch.ones(x_T.shape[0], device=x_T.device, dtype=x_T.dtype)
-    sigmas = sde.sigma(time_grid)
-    sigma_top = sde.sigma(sde.T * ones[:1])[0]
+    times = sampler_times(
+        sde, x_T, num_steps=num_steps, eps=eps, grid="edm", rho=rho, time_grid=time_grid
+    )
+    path, D = ScaledPath(sde, x_T, times, project, callback), Denoiser(sde, score_fn)
+    n = path.num_steps
+    sigmas = sde.sigma(times)
+    sigma_top = sde.sigma(sde.T * path.ones[:1])[0]
     gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
     gammas = [gamma_max if s_tmin <= s <= s_tmax else 0.0 for s in sigmas[:-1].tolist()]
-
-    def mean_coeff(t: Tensor) -> Tensor:
-        return append_dims(sde.marginal_coeffs(t)[0], x_T.ndim)
-
-    x, y = x_T, x_T / mean_coeff(time_grid[0] * ones)
-    nfe = 0
-    for i in tqdm(range(n), desc="EDM sampling", disable=not progress):
-        t_cur, t_next = time_grid[i] * ones, time_grid[i + 1] * ones
+    y = path.start(x_T)
+    for i in path.steps("EDM sampling", progress):
+        t_cur, t_next = path.t(i), path.t(i + 1)
         sigma, sigma_next, gamma = sigmas[i], sigmas[i + 1], gammas[i]
         if gamma > 0:
             sigma_hat = torch.minimum(sigma * (1 + gamma), sigma_top)
-            t_hat = torch.clamp(sde.t_from_sigma(sigma_hat * ones), max=sde.T).maximum(t_cur)
+            t_hat = torch.clamp(sde.t_from_sigma(sigma_hat * path.ones), max=sde.T)
+            t_hat = t_hat.maximum(t_cur)
             noise = torch.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(y, generator)
             y_hat = y + noise
         else:
             sigma_hat, t_hat, y_hat = sigma, t_cur, y
-        d = (y_hat - _scaled_denoiser(sde, score_fn, y_hat, t_hat)) / sigma_hat
+        d = (y_hat - D(y_hat, t_hat)) / sigma_hat
         y_euler = y_hat + (sigma_next - sigma_hat) * d
-        d_next = (y_euler - _scaled_denoiser(sde, score_fn, y_euler, t_next)) / sigma_next
-        y = y_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-        nfe += 2
-        x = mean_coeff(t_next) * y
-        if project is not None:
-            x = project(x, t_next)
-            y = x / mean_coeff(t_next)
-        if callback is not None:
-            callback(i, t_next, x)
-    if denoise:
-        x = tweedie_denoise(sde, score_fn, x, time_grid[-1] * ones)
-        nfe += 1
-        x = project(x, None) if project is not None else x
-        if callback is not None:
-            callback(n, time_grid[-1] * ones, x)
-    return x, {"nfe": nfe, "num_steps": n}
+        d_next = (y_euler - D(y_euler, t_next)) / sigma_next
+        y = path.stepped(i, y_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next))
+    return path.finish(y, D, denoise)
 
 
 def adaptive_sde_sampler(
