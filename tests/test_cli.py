@@ -188,15 +188,19 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         "train_seconds",
         "test_bpd",
         "ode_nfe",
+        "fast_nfe",
+        "fid_digits_fast",
         "pc_steps",
         "seconds_total",
     ):
         assert key in report
     assert report["train_steps"] == 20 and report["pc_steps"] == 30
+    assert report["fast_nfe"] == 19  # the fast sampler: 9 Heun steps and the denoising step
     assert 0 < report["test_bpd"] < 20
     for name in (
         "samples_pc.png",
         "samples_ode.png",
+        "samples_fast.png",
         "inpainting.png",
         "loss.png",
         "checkpoint.safetensors",

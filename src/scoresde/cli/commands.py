@@ -58,7 +58,10 @@ def _cmd_demo(a) -> int:
     report = run_demo(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     print(json.dumps(report, indent=2))
     _report_training("demo", report["train_stopped_by"], report["train_steps"])
-    print(f"wrote {a.out}/samples_pc.png, samples_ode.png, inpainting.png, loss.png, report.json")
+    print(
+        f"wrote {a.out}/samples_pc.png, samples_ode.png, samples_fast.png, inpainting.png, "
+        "loss.png, report.json"
+    )
     return 0
 
 
