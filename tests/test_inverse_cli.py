@@ -92,6 +92,21 @@ def _one_line_error(code, err):
     assert "Traceback" not in err
 
 
+def _inpaint_argv(checkpoint, folder, out):
+    """``scoresde inpaint`` of ``folder/in.npy`` with ``folder/mask.png`` into ``out``."""
+    return [
+        "inpaint",
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(folder / "in.npy"),
+        "--mask",
+        str(folder / "mask.png"),
+        "--out",
+        str(out),
+    ]
+
+
 def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
     gen = np.random.default_rng(0)
     images = gen.integers(0, 256, size=(2, 1, 8, 8)).astype(np.uint8)
@@ -100,24 +115,8 @@ def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
     mask[:4] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    code = main(
-        [
-            "inpaint",
-            "--checkpoint",
-            str(digits_checkpoint),
-            "--image",
-            str(tmp_path / "in.npy"),
-            "--mask",
-            str(tmp_path / "mask.png"),
-            "--out",
-            str(out),
-            "--set",
-            "sample.num_steps=5",
-            "--threads",
-            "1",
-            "--no-progress",
-        ]
-    )
+    options = ["--set", "sample.num_steps=5", "--threads", "1", "--no-progress"]
+    code = main([*_inpaint_argv(digits_checkpoint, tmp_path, out), *options])
     assert code == 0, capsys.readouterr().err
     result = np.load(out / "inpainted.npy")
     assert result.shape == (2, 1, 8, 8)
@@ -125,38 +124,14 @@ def test_inpaint_cli_keeps_known_pixels(digits_checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(result[:, :, :4], known, rtol=0, atol=1e-5)
     assert (out / "inpainted.png").is_file()
     # a second run refuses to overwrite, in one line
-    code = main(
-        [
-            "inpaint",
-            "--checkpoint",
-            str(digits_checkpoint),
-            "--image",
-            str(tmp_path / "in.npy"),
-            "--mask",
-            str(tmp_path / "mask.png"),
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(_inpaint_argv(digits_checkpoint, tmp_path, out))
     _one_line_error(code, capsys.readouterr().err)
 
 
 def test_inpaint_cli_rejects_a_mask_of_the_wrong_size(digits_checkpoint, tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.zeros((1, 1, 8, 8), dtype=np.float32))
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "mask.png")
-    code = main(
-        [
-            "inpaint",
-            "--checkpoint",
-            str(digits_checkpoint),
-            "--image",
-            str(tmp_path / "in.npy"),
-            "--mask",
-            str(tmp_path / "mask.png"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = main(_inpaint_argv(digits_checkpoint, tmp_path, tmp_path / "out"))
     _one_line_error(code, capsys.readouterr().err)
 
 
