@@ -304,3 +304,20 @@ def test_a_label_conditional_digits_model_draws_the_asked_digits(tmp_path):
     x, labels, _ = generate_classes(run, list(range(10)), 10, num_steps=50, seed=0)
     result = conditional_accuracy(x, labels)
     assert result["mean"] > 0.6 and min(result["per_class"].values()) >= 0.3
+
+
+def test_a_classifier_run_logs_its_accuracy_against_t_every_eval_every_steps(tmp_path):
+    import json
+
+    cfg = apply_overrides(
+        _classifier_config(4), ["train.eval_every=2", "eval.num_examples=50"]
+    )
+    with _one_thread():
+        train(cfg, tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    for line in lines:
+        assert line["num_examples"] == 50 and line["chance"] == 1 / 8
+        assert len(line["accuracy"]) == 11 and all(0 <= a <= 1 for a in line["accuracy"])
+    with pytest.raises(ValueError, match="a classifier run draws no samples"):
+        train(apply_overrides(cfg, ["train.sample_every=2"]), tmp_path / "other", progress=False)

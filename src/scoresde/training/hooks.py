@@ -222,7 +222,28 @@ class SampleGrid:
             save_scatter(x, name.with_suffix(".png"), title=f"step {state.step}")
 
 
-class Evaluation:
+class _PeriodicEvaluation:
+    """Every ``every`` steps, ``measure(state)`` of the EMA weights appended as one JSON line
+    ``{"step": N, ...}`` to ``path``; ``results`` keeps the lines of this call. Measurements
+    draw from streams of the config's seed and the step, never from the training streams."""
+
+    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
+        self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
+        self.results: list[dict] = []
+
+    def measure(self, state: TrainState) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
+        if state.step % self.every:
+            return
+        line = {"step": state.step, **self.measure(state)}
+        self.results.append(line)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+class Evaluation(_PeriodicEvaluation):
     """Every ``every`` steps, the test-split negative log-likelihood of the EMA model (bits/dim
     for images, nats for vectors; ``eval.*`` settings, e.g. ``eval.num_examples``), appended as
     one JSON line ``{"step": N, "bpd" | "nll_nats": value, "nfe": ...}`` to ``path``.
@@ -232,40 +253,24 @@ class Evaluation:
     """
 
     def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
-        self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
+        super().__init__(every, path, cfg, sde)
         self.data = load_split(cfg.data, "test", limit=cfg.eval.num_examples)
-        self.results: list[dict] = []
 
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        if state.step % self.every:
-            return
+    def measure(self, state: TrainState) -> dict:
         run = _ema_run(self.cfg, self.sde, state)
         result = evaluate_likelihood(run, self.data, seed=derive_seed(self.cfg.seed, state.step))
         result.pop("per_example")
-        line = {"step": state.step, **result}
-        self.results.append(line)
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        return result
 
 
-class ClassifierEvaluation:
+class ClassifierEvaluation(_PeriodicEvaluation):
     """Every ``every`` steps, the test-split accuracy of the EMA classifier against noise level
     (:func:`scoresde.runs.classifier_accuracy` on the first ``eval.num_examples`` examples),
     appended as one JSON line ``{"step": N, "times": [...], "accuracy": [...], ...}`` to
     ``path``; its draws come from streams of the config's seed and the step."""
 
-    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
-        self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
-        self.results: list[dict] = []
-
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        if state.step % self.every:
-            return
+    def measure(self, state: TrainState) -> dict:
         device = next(state.model.parameters()).device
         run = TrainedClassifier(self.cfg, self.sde, state.ema.shadow, device, state.step)
         seed = derive_seed(self.cfg.seed, state.step)
-        result = classifier_accuracy(run, seed=seed, num_examples=self.cfg.eval.num_examples)
-        line = {"step": state.step, **result}
-        self.results.append(line)
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        return classifier_accuracy(run, seed=seed, num_examples=self.cfg.eval.num_examples)
