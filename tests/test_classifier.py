@@ -25,7 +25,7 @@ from scoresde.classifier import (
     perturb,
 )
 from scoresde.conditioning import check_conditioning, conditional_score_fn
-from scoresde.config import apply_overrides
+from scoresde.config_io import apply_overrides
 from scoresde.data.mixture import mixture_class_log_prob_fn
 from scoresde.data.pipeline import Batch, load_labeled_split
 from scoresde.data.toy import toy_gmm

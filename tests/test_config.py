@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from scoresde.build import build_loss, build_model, build_sde, sampler_config
-from scoresde.config import (
-    Config,
-    ConfigError,
+from scoresde.config import Config, ConfigError
+from scoresde.config_io import (
     apply_overrides,
     config_from_dict,
     config_to_dict,

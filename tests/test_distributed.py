@@ -20,7 +20,7 @@ import torch
 
 from scoresde.checkpoint import load_checkpoint
 from scoresde.cli import main
-from scoresde.config import apply_overrides
+from scoresde.config_io import apply_overrides
 from scoresde.presets import get_preset
 from scoresde.seeding import BatchRows
 from scoresde.training.loop import NonFiniteLossError, train

@@ -20,7 +20,7 @@ from PIL import Image
 
 import scoresde.evaluation.samples as samples_module
 from scoresde.cli import main
-from scoresde.config import apply_overrides
+from scoresde.config_io import apply_overrides
 from scoresde.evaluation.evaluate import check_evaluation, evaluate
 from scoresde.evaluation.features import EvaluationError, extract_features
 from scoresde.evaluation.metrics import feature_statistics, frechet_distance, inception_score

@@ -73,7 +73,7 @@ def test_orthogonal_projection_samples_the_gaussian_conditional():
 
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
-    from scoresde.config import apply_overrides
+    from scoresde.config_io import apply_overrides
     from scoresde.presets import get_preset
     from scoresde.training.loop import train
 
@@ -152,7 +152,7 @@ def test_colorize_cli_needs_an_rgb_model(digits_checkpoint, tmp_path, capsys):
 
 
 def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
-    from scoresde.config import apply_overrides
+    from scoresde.config_io import apply_overrides
     from scoresde.presets import get_preset
     from scoresde.training.loop import train
 

@@ -130,7 +130,7 @@ FAST = ["--set", "sample.ode_rtol=1e-3", "--set", "sample.ode_atol=1e-3", "--thr
 
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
-    from scoresde.config import apply_overrides
+    from scoresde.config_io import apply_overrides
     from scoresde.presets import get_preset
     from scoresde.training.loop import train
 

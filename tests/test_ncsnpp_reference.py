@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scoresde.checkpoint import load_checkpoint
-from scoresde.config import config_from_dict, load_config
+from scoresde.config_io import config_from_dict, load_config
 from scoresde.interop.convert import config_from_official, convert_official
 from scoresde.interop.official import (
     OfficialCheckpointError,

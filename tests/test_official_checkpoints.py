@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from scoresde.build import build_model, model_config_from_network, network_definition
 from scoresde.checkpoint import load_checkpoint
-from scoresde.config import config_to_dict, load_config
+from scoresde.config_io import config_to_dict, load_config
 from scoresde.data.pipeline import data_shape
 from scoresde.interop.convert import config_from_official, convert_official
 from scoresde.interop.official import (

@@ -20,7 +20,8 @@ import scoresde
 from conftest import Recorder
 from scoresde import SDE, VESDE, VPSDE, ScoreModel, SubVPSDE, make_score_fn, tweedie_denoise
 from scoresde.build import build_score_fn
-from scoresde.config import Config, apply_overrides
+from scoresde.config import Config
+from scoresde.config_io import apply_overrides
 from scoresde.data.mixture import GaussianMixture, mixture_score_fn
 from scoresde.nn.mlp import ScoreMLP
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoresde.build import build_model, build_sde
-from scoresde.config import apply_overrides
+from scoresde.config_io import apply_overrides
 from scoresde.data.toy import toy_gmm
 from scoresde.presets import get_preset
 from scoresde.rundir import OutputExistsError

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoresde.config import Config, apply_overrides
+from scoresde.config import Config
+from scoresde.config_io import apply_overrides
 from scoresde.data.pipeline import load_split
 from scoresde.evaluation.evaluate import sample_quality
 from scoresde.image_jobs import inpaint_images, lower_half_mask

@@ -28,7 +28,8 @@ from scoresde.build import (
 from scoresde.checkpoint import CheckpointError, ema_model_state_dict, load_checkpoint
 from scoresde.classifier import NoiseClassifier, accuracy_by_time, accuracy_times
 from scoresde.conditioning import check_conditioning, conditional_score_fn
-from scoresde.config import Config, config_from_dict
+from scoresde.config import Config
+from scoresde.config_io import config_from_dict
 from scoresde.data.pipeline import (
     data_shape,
     from_model_scale,

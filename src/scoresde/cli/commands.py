@@ -69,7 +69,7 @@ def _training_config(a, *, classifier: bool):
     """The config of ``--preset`` or ``--config`` with the run options and ``--set`` overrides;
     for ``train-classifier``, the classifier run of a score preset or config."""
     from scoresde.build import is_classifier
-    from scoresde.config import apply_overrides, load_config
+    from scoresde.config_io import apply_overrides, load_config
     from scoresde.presets import get_preset
     from scoresde.presets.classifiers import classifier_preset
 
@@ -144,7 +144,7 @@ def _cmd_sample(a) -> int:
     import torch
 
     from scoresde.conditioning import check_conditioning
-    from scoresde.config import save_config
+    from scoresde.config_io import save_config
     from scoresde.rundir import check_output_dir
     from scoresde.runs import generate_classes, load_classifier, load_trained
     from scoresde.sampling import check_sampler
@@ -280,7 +280,8 @@ def _cmd_evaluate(a) -> int:
     from dataclasses import replace
 
     from scoresde import distributed
-    from scoresde.config import ConfigError, apply_overrides
+    from scoresde.config import ConfigError
+    from scoresde.config_io import apply_overrides
     from scoresde.evaluation.evaluate import OUTPUTS, check_evaluation, evaluate
     from scoresde.rundir import check_output_dir
     from scoresde.runs import load_trained

@@ -7,7 +7,8 @@ def overrides(run_cfg, items: list[str], section: str) -> dict:
     """Parse ``section.key=value`` items into a dict of the changed fields of that section."""
     from dataclasses import asdict
 
-    from scoresde.config import ConfigError, apply_overrides
+    from scoresde.config import ConfigError
+    from scoresde.config_io import apply_overrides
 
     for item in items:
         if not item.startswith(f"{section}."):

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from scoresde import distributed
 from scoresde.build import sampler_config
-from scoresde.config import Config, EvalConfig, save_config
+from scoresde.config import Config, EvalConfig
+from scoresde.config_io import save_config
 from scoresde.data.pipeline import is_image_data, load_split
 from scoresde.distributed import World
 from scoresde.evaluation.features import EvaluationError, FeatureExtractor, extract_features

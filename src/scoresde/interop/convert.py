@@ -8,7 +8,7 @@ config and writes ``out_dir/checkpoint.safetensors`` and ``out_dir/config.json``
 preset (the released CIFAR-10 checkpoints go with ``ve_cifar10_ncsnpp_continuous`` and friends)
 or is read from the official config as JSON (:func:`config_from_official`). This is the one
 conversion: the weights go through :func:`scoresde.build.build_model`,
-:func:`scoresde.checkpoint.save_checkpoint` and :func:`scoresde.config.save_config`, as a trained
+:func:`scoresde.checkpoint.save_checkpoint` and :func:`scoresde.config_io.save_config`, as a trained
 run's do.
 """
 
@@ -21,15 +21,8 @@ from typing import Any
 
 from scoresde.build import build_model, model_config_from_network
 from scoresde.checkpoint import save_checkpoint
-from scoresde.config import (
-    Config,
-    DataConfig,
-    SampleConfig,
-    SDEConfig,
-    TrainConfig,
-    config_to_dict,
-    save_config,
-)
+from scoresde.config import Config, DataConfig, SampleConfig, SDEConfig, TrainConfig
+from scoresde.config_io import config_to_dict, save_config
 from scoresde.interop.official import (
     OfficialCheckpointError,
     check_official_file,

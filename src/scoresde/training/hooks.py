@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from scoresde.build import sampler_config
 from scoresde.checkpoint import save_checkpoint
-from scoresde.config import Config, config_to_dict
+from scoresde.config import Config
+from scoresde.config_io import config_to_dict
 from scoresde.data.pipeline import is_image_data, load_split
 from scoresde.rundir import CHECKPOINT_NAME, atomic_write
 from scoresde.runs import (

@@ -28,7 +28,8 @@ from torch import nn
 from scoresde import distributed
 from scoresde.build import build_model, build_sde
 from scoresde.checkpoint import load_checkpoint
-from scoresde.config import Config, save_config
+from scoresde.config import Config
+from scoresde.config_io import save_config
 from scoresde.data.pipeline import Batch, to_model_scale, train_batches
 from scoresde.rundir import (
     CONFIG_NAME,

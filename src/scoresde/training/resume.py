@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scoresde.checkpoint import Checkpoint, checkpoint_config
-from scoresde.config import Config, config_to_dict, load_config
+from scoresde.config import Config
+from scoresde.config_io import config_to_dict, load_config
 from scoresde.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
