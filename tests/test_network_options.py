@@ -1,4 +1,4 @@
-"""Network options: one definition per architecture (``scoresde.build.MODELS``), checked against
+"""Network options: one definition per architecture (``scoresde.networks.MODELS``), checked against
 the network's constructor, so that an unknown or misspelt key is an error, not silently dropped."""
 
 from __future__ import annotations
@@ -8,14 +8,7 @@ from dataclasses import fields
 
 import pytest
 
-from scoresde.build import (
-    _CONTEXT,
-    MODELS,
-    Option,
-    build_model,
-    model_config_from_network,
-    network_definition,
-)
+from scoresde.build import build_model
 from scoresde.config import (
     Config,
     ConfigError,
@@ -24,6 +17,13 @@ from scoresde.config import (
     SDEConfig,
 )
 from scoresde.data.pipeline import data_shape
+from scoresde.networks import (
+    _CONTEXT,
+    MODELS,
+    Option,
+    model_config_from_network,
+    network_definition,
+)
 from scoresde.presets import networks_baselines, networks_ncsnpp
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}

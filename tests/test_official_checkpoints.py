@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from scoresde.build import build_model, model_config_from_network, network_definition
+from scoresde.build import build_model
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config_io import config_to_dict, load_config
 from scoresde.data.pipeline import data_shape
@@ -28,6 +28,7 @@ from scoresde.interop.official import (
     official_network,
     official_state_dict_to_ours,
 )
+from scoresde.networks import model_config_from_network, network_definition
 from scoresde.nn.ddpm import DDPM
 from scoresde.nn.ncsn import NCSN, NCSNv2
 from scoresde.nn.ncsnpp import NCSNpp

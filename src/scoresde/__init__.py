@@ -8,9 +8,11 @@ problems, guidance and the latent space. Everything outside the networks works w
 from scoresde.classifier import NoiseClassifier, classifier_loss
 from scoresde.data.transforms import uniform_dequantize
 from scoresde.guidance import classifier_free_guidance, classifier_guidance
+from scoresde.importance import time_proposal
 from scoresde.inverse import colorize, inpaint, linear_inverse
 from scoresde.latent import decode, encode, interpolate, slerp
 from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
+from scoresde.likelihood_bound import bound_bpd, likelihood_bound
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
 from scoresde.sampling import (
     CORRECTORS,
@@ -45,6 +47,7 @@ __all__ = [
     "ScoreModel",
     "SubVPSDE",
     "bits_per_dim",
+    "bound_bpd",
     "classifier_free_guidance",
     "classifier_guidance",
     "classifier_loss",
@@ -56,6 +59,7 @@ __all__ = [
     "encode",
     "inpaint",
     "interpolate",
+    "likelihood_bound",
     "linear_inverse",
     "log_likelihood",
     "make_score_fn",
@@ -67,6 +71,7 @@ __all__ = [
     "sample",
     "slerp",
     "smld_loss",
+    "time_proposal",
     "tweedie_denoise",
     "uniform_dequantize",
     "uniform_time_grid",

@@ -75,7 +75,7 @@ class ModelConfig:
     ``depth`` = 6n + 4 layers, ``widen_factor``, ``dropout``, the paper's 28 x 10 for CIFAR-10)
     and ``"mlp_classifier"`` (vectors; ``hidden``, ``depth``); both read ``num_classes`` (the
     dataset's) and ``fourier_scale``. Which field fills which constructor argument of each
-    network: ``scoresde.build.MODELS``.
+    network: ``scoresde.networks.MODELS``.
     """
 
     name: str = "unet"
@@ -133,6 +133,11 @@ class TrainConfig:
     that a training example's label is replaced by the null label (no label), so that the one
     network also learns the unconditional score, for classifier-free guidance (Ho & Salimans,
     2022).
+
+    ``likelihood_weighting`` weights the continuous loss by ``g(t)^2`` (a bound on the negative
+    log-likelihood); ``importance_sampling`` (which needs it) also draws ``t`` from
+    ``q(t) ∝ g^2 / s^2`` instead of ``U(eps, T)``: the same expected loss at a lower variance
+    (Song et al., 2021, "Maximum Likelihood Training of Score-Based Diffusion Models").
     """
 
     steps: int = 4000
@@ -146,6 +151,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     likelihood_weighting: bool = False
+    importance_sampling: bool = False
     reduce: str = "mean"
     eps: float = 1e-5
     log_every: int = 50
@@ -180,6 +186,10 @@ class TrainConfig:
         _check(
             0 <= self.label_dropout < 1,
             f"train.label_dropout must be in [0, 1), got {self.label_dropout}",
+        )
+        _check(
+            self.likelihood_weighting or not self.importance_sampling,
+            "train.importance_sampling needs train.likelihood_weighting=true",
         )
 
 
@@ -257,7 +267,10 @@ class EvalConfig:
     ``reference``: an npz of statistics (``mu``/``sigma``, or raw ``pool_3``/``features``
     activations as in the official CIFAR-10 stats) or a folder of images; empty for the
     digits classifier means the held-out digits. ``metrics`` lists what to compute:
-    ``fid``, ``is``, ``kid``, ``bpd``. KID averages ``kid_subsets`` subsets of
+    ``fid``, ``is``, ``kid``, ``bpd``, ``bound`` (the variational bound on the negative
+    log-likelihood of the reverse-SDE model, :mod:`scoresde.likelihood_bound`, on the same
+    split and dequantizations as ``bpd``, with ``bound_times`` importance-sampled times per
+    example). KID averages ``kid_subsets`` subsets of
     ``kid_subset_size``; IS splits the samples into ``is_splits`` parts.
     """
 
@@ -269,6 +282,7 @@ class EvalConfig:
     num_examples: int = 0
     bpd_split: str = "test"
     bpd_repeats: int = 1
+    bound_times: int = 1
     num_samples: int = 50000
     features: str = "inception"
     inception_weights: str = ""
@@ -289,8 +303,11 @@ class EvalConfig:
             self.features in ("inception", "digits"),
             f"eval.features must be 'inception' or 'digits', got {self.features!r}",
         )
-        unknown = sorted(set(self.metrics) - {"fid", "is", "kid", "bpd"})
-        _check(not unknown, f"eval.metrics: unknown {unknown}; choose from fid, is, kid, bpd")
+        _check(self.bound_times >= 1, f"eval.bound_times must be >= 1, got {self.bound_times}")
+        unknown = sorted(set(self.metrics) - {"fid", "is", "kid", "bpd", "bound"})
+        _check(
+            not unknown, f"eval.metrics: unknown {unknown}; choose from fid, is, kid, bpd, bound"
+        )
         _check(
             self.kid_subsets >= 1 and self.kid_subset_size >= 2,
             "eval.kid_subsets >= 1 and eval.kid_subset_size >= 2 needed",

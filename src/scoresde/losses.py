@@ -23,6 +23,7 @@ from scoresde._tensor import (
     randint,
     randn_like,
 )
+from scoresde.importance import time_proposal
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, VESDE, VPSDE
 
@@ -68,6 +69,7 @@ def dsm_loss(
     *,
     eps: float = 1e-5,
     likelihood_weighting: bool = False,
+    importance_sampling: bool = False,
     reduce: str = "mean",
     generator: NoiseSource = None,
     t: Tensor | None = None,
@@ -79,15 +81,30 @@ def dsm_loss(
     or ``g(t)^2`` with ``likelihood_weighting`` (Song et al., 2021b), which makes the loss a bound
     on the negative log-likelihood.
 
+    ``importance_sampling`` (with ``likelihood_weighting`` only) draws ``t`` from
+    ``q(t) ∝ g^2 / s^2`` (:func:`scoresde.importance.time_proposal`) and returns
+    ``Z / (T - eps) || s score + z ||^2`` (reduced): the same expectation as the
+    likelihood-weighted loss with a uniform ``t``, at a lower variance. A given ``t`` is then
+    taken to be a draw of ``q``.
+
     Args:
         x0: clean data ``(B, ...)``.
         t: optional times ``(B,)``; z: optional noise like ``x0`` (to reproduce a draw).
     """
+    if importance_sampling and not likelihood_weighting:
+        raise ValueError("importance_sampling needs likelihood_weighting (q is g^2 / s^2)")
+    proposal = time_proposal(sde, eps) if importance_sampling else None
     if t is None:
-        t = rand((x0.shape[0],), generator, device=x0.device, dtype=x0.dtype)
-        t = t * (sde.T - eps) + eps
+        shape = (x0.shape[0],)
+        if proposal is not None:
+            t = proposal.sample(shape, generator, device=x0.device, dtype=x0.dtype)
+        else:
+            t = rand(shape, generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
     z = randn_like(x0, generator) if z is None else z
     mean_coeff, std = sde.marginal_coeffs(t)
+    if proposal is not None:
+        loss = weighted_dsm(score_fn, x0, t, z, mean_coeff, std, reduce=reduce)
+        return loss * proposal.weight
     weight = sde.diffusion(t) ** 2 if likelihood_weighting else None
     return weighted_dsm(score_fn, x0, t, z, mean_coeff, std, reduce=reduce, weight=weight)
 

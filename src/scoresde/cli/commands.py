@@ -220,7 +220,7 @@ def _cmd_sample(a) -> int:
 
 def _cmd_likelihood(a) -> int:
     from scoresde.data.pipeline import load_split
-    from scoresde.runs import evaluate_likelihood, load_trained
+    from scoresde.runs import evaluate_bound, evaluate_likelihood, load_trained
 
     check_count("--num-examples", a.num_examples, 0)
     run = load_trained(a.checkpoint, device=a.device or "auto")
@@ -229,8 +229,8 @@ def _cmd_likelihood(a) -> int:
         opts["num_examples"] = a.num_examples
     data = load_split(run.cfg.data, a.split)
     batch = min(opts.get("batch_size", run.cfg.eval.batch_size), data.shape[0])
-    set_threads(a, run.device, lambda: run.score_fn, run.shape, batch, backward=True)
-    result = evaluate_likelihood(
+    set_threads(a, run.device, lambda: run.score_fn, run.shape, batch, backward=not a.bound)
+    result = (evaluate_bound if a.bound else evaluate_likelihood)(
         run,
         data,
         seed=run.cfg.seed if a.seed is None else a.seed,

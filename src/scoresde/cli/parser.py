@@ -100,7 +100,8 @@ classes: --class K (or K1,K2,... or all) draws --num-samples samples of each cla
 
 EVALUATE_NOTES = """\
 metrics: eval.metrics (default fid,is,kid; add bpd for the likelihood of eval.bpd_split with
-  eval.bpd_repeats dequantizations). Features: eval.features=inception, the TF-ported
+  eval.bpd_repeats dequantizations, bound for the variational bound on the same data with
+  eval.bound_times times per example). Features: eval.features=inception, the TF-ported
   Inception-v3 of FID from the local file eval.inception_weights (torch-fidelity's
   pt_inception-2015-12-05-6726825d.pth; pip install "scoresde[fid]"), against eval.reference
   (an npz of mu/sigma or pool_3 activations such as the official cifar10_stats.npz, or a folder
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--checkpoint", type=Path, required=True)
     lk.add_argument("--split", choices=["train", "test"], default="test")
     lk.add_argument("--num-examples", type=int, default=0, help="0: the whole split")
+    lk.add_argument(
+        "--bound",
+        action="store_true",
+        help="the variational bound of the reverse-SDE model (eval.bound_times draws of t per "
+        "example) instead of the ODE likelihood",
+    )
     runtime(lk, "eval.trace=hutchinson-gaussian")
 
     e = add(

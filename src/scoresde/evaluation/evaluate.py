@@ -5,9 +5,11 @@ sampler, compared with a dataset in the feature space of the TF-ported Inception
 8x8 digits, of the package's own digits classifier, :mod:`scoresde.evaluation.digits_classifier`),
 and the negative log-likelihood of a data split through the probability-flow ODE in bits/dim
 with uniform dequantization, averaged over ``eval.bpd_repeats`` draws and reported with its
-standard error. Under ``torchrun`` the samples and the likelihood's examples are shared out over
-the ranks by index (:mod:`scoresde.evaluation.samples`), so the result does not depend on the
-number of devices; features and metrics are computed by rank 0.
+standard error (``bpd``), and beside it the variational bound of the reverse-SDE model
+(``bound``, :mod:`scoresde.likelihood_bound`) with the same protocol. Under ``torchrun`` the
+samples and the likelihood's examples are shared out over the ranks by index
+(:mod:`scoresde.evaluation.samples`), so the result does not depend on the number of devices;
+features and metrics are computed by rank 0.
 
 An evaluation folder holds ``evaluation.json`` (what is being evaluated: checkpoint step,
 sampler, seed), ``parts/`` (the samples, written as they are made: an interrupted evaluation
@@ -51,7 +53,7 @@ from scoresde.rundir import (
     atomic_write,
     check_output_dir,
 )
-from scoresde.runs import TrainedModel, evaluate_likelihood
+from scoresde.runs import TrainedModel, evaluate_bound, evaluate_likelihood
 from scoresde.seeding import derive_seed
 
 RESULTS_NAME = "results.json"
@@ -143,8 +145,8 @@ def evaluate(
         The results (on every rank): ``metrics`` (``fid``, ``is``, ``is_std``, ``kid``,
         ``kid_std`` as asked), for the digits classifier ``real_data`` (the same metrics of the
         held-out digits at the same sample size, the yardstick), ``bpd`` (``mean``,
-        ``stderr``, ...), the sampler and its options, NFE, seed, number of samples,
-        checkpoint step, wall time and number of devices.
+        ``stderr``, ...), ``bound_bpd`` (the same fields, for ``bound``), the sampler and its
+        options, NFE, seed, number of samples, checkpoint step, wall time and number of devices.
 
     Raises:
         EvaluationError, OutputExistsError, ValueError: before any sample is drawn.
@@ -209,6 +211,10 @@ def evaluate(
     if "bpd" in ec.metrics:
         results["bpd" if is_image_data(cfg.data) else "nll_nats"] = _likelihood(
             run, world, seed, progress
+        )
+    if "bound" in ec.metrics:
+        results["bound_bpd" if is_image_data(cfg.data) else "bound_nll_nats"] = _likelihood(
+            run, world, seed, progress, score=evaluate_bound
         )
     results["seconds"] = round(time.perf_counter() - start, 2)
     if world.is_main:
@@ -336,17 +342,21 @@ def _metrics(
     return values
 
 
-def _likelihood(run: TrainedModel, world: World, seed: int, progress: bool) -> dict[str, Any]:
+def _likelihood(
+    run: TrainedModel, world: World, seed: int, progress: bool, score=evaluate_likelihood
+) -> dict[str, Any]:
     """Bits/dim (nats for vectors) of ``eval.bpd_split``: example ``i`` is scored by rank
     ``i mod W``, ``eval.bpd_repeats`` times with independent dequantizations; the mean over
-    examples of each example's mean over repeats, with its standard error."""
+    examples of each example's mean over repeats, with its standard error. ``score`` is
+    :func:`~scoresde.runs.evaluate_likelihood` (the ODE) or :func:`~scoresde.runs.evaluate_bound`
+    (the variational bound)."""
     ec = run.cfg.eval
     data = load_split(run.cfg.data, ec.bpd_split, limit=ec.num_examples)
     mine = world.shard(data.shape[0])
     values = torch.zeros(len(mine), ec.bpd_repeats)
     nfes = []
     for r in range(ec.bpd_repeats):
-        found = evaluate_likelihood(
+        found = score(
             run,
             data[mine.start :: mine.step],
             seed=seed,

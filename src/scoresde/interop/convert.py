@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoresde.build import build_model, model_config_from_network
+from scoresde.build import build_model
 from scoresde.checkpoint import save_checkpoint
 from scoresde.config import Config, DataConfig, SampleConfig, SDEConfig, TrainConfig
 from scoresde.config_io import config_to_dict, save_config
@@ -32,6 +32,7 @@ from scoresde.interop.official import (
     official_network,
     official_state_dict_to_ours,
 )
+from scoresde.networks import model_config_from_network
 from scoresde.presets import get_preset
 from scoresde.rundir import CHECKPOINT_NAME, CONFIG_NAME, check_output_dir
 

@@ -24,7 +24,7 @@ class OfficialNetwork:
         name: the scoresde network (``ModelConfig.name``): ``'ncsnpp'``, ``'ddpm'``, ``'ncsn'``
             or ``'ncsnv2'``; :func:`scoresde.build.build_model` builds it from a config.
         kwargs: keyword arguments of that network's class (``NCSNpp``, ``DDPM``, ``NCSN``,
-            ``NCSNv2``), as :func:`scoresde.build.model_config_from_network` takes them.
+            ``NCSNv2``), as :func:`scoresde.networks.model_config_from_network` takes them.
     """
 
     name: str

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scoresde.build import model_config_from_network
 from scoresde.config import Config, ModelConfig, SDEConfig
+from scoresde.networks import model_config_from_network
 from scoresde.presets import networks_baselines as base
 from scoresde.presets import networks_ncsnpp as pp
 from scoresde.presets.official_defaults import cifar10_config, official_sample, ve_sde

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoresde.build import model_config_from_network
 from scoresde.config import Config
+from scoresde.networks import model_config_from_network
 from scoresde.presets import networks_baselines as base
 from scoresde.presets.official_defaults import (
     official_data,
