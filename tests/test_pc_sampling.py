@@ -61,6 +61,9 @@ COMBOS = [
     ("subVP", "reverse_diffusion", "langevin", {}),
     ("subVP", "euler_maruyama", "none", {}),
     ("subVP", "ancestral_sampling", "none", {}),
+    ("VE", "probability_flow", "none", {}),
+    ("VP", "probability_flow", "langevin", {}),
+    ("subVP", "probability_flow", "none", {}),
 ]
 
 

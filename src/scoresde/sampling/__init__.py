@@ -26,6 +26,7 @@ from scoresde.sampling.predictors import (
     ancestral_sampling,
     euler_maruyama,
     no_predictor,
+    probability_flow,
     reverse_diffusion,
 )
 from scoresde.sampling.scaled import GRIDS
@@ -53,6 +54,7 @@ __all__ = [
     "no_predictor",
     "ode_sample",
     "pc_sample",
+    "probability_flow",
     "reverse_diffusion",
     "sample",
     "sampler_options",

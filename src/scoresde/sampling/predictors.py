@@ -3,7 +3,7 @@
 Every predictor is a pure function
 ``step(sde, score_fn, x, t, t_next, *, generator=None) -> (x, x_mean)`` with ``x`` ``(B, ...)``
 and ``t``, ``t_next`` ``(B,)``; ``x_mean`` is the update without its noise term. Each costs one
-score evaluation (``none``: zero).
+score evaluation (``none``: zero). ``probability_flow`` is deterministic (``x == x_mean``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,27 @@ def ancestral_sampling(
     return x_mean + append_dims(std, x.ndim) * randn_like(x, generator), x_mean
 
 
+def probability_flow(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    t_next: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Reverse-diffusion step of the probability-flow ODE (eq. 13 discretised as eq. 47).
+
+    ``x - (f - G^2 score / 2)`` with ``(f, G)`` from ``sde.discretize`` between ``t_next`` and
+    ``t``, and no noise: the paper's "probability flow" predictor of Table 1 (the official
+    ``ReverseDiffusionPredictor`` with ``probability_flow=True``). A first-order solver of the
+    ODE; ``generator`` is unused.
+    """
+    rev_f, _ = reverse_discretize(sde, score_fn, x, t, t_next, probability_flow=True)
+    x_new = x - rev_f
+    return x_new, x_new
+
+
 def no_predictor(
     sde: SDE,
     score_fn: ScoreFn,
@@ -98,5 +119,6 @@ PREDICTORS: dict[str, Predictor] = {
     "euler_maruyama": euler_maruyama,
     "reverse_diffusion": reverse_diffusion,
     "ancestral_sampling": ancestral_sampling,
+    "probability_flow": probability_flow,
     "none": no_predictor,
 }
