@@ -108,6 +108,28 @@ def test_likelihood_prints_nll(toy_checkpoint, capsys):
     assert result["num_examples"] == 16 and np.isfinite(result["nll_nats"])
 
 
+def test_likelihood_with_a_fixed_grid_solver(toy_checkpoint, capsys):
+    """``eval.method=rk4`` on ``eval.num_steps`` steps of ``eval.grid`` (docs/likelihood_cost.md):
+    exactly 4 drift evaluations per step, the same answer as a tight adaptive solve (the same
+    probes: the streams do not depend on the solver), and a fixed-step method without steps is
+    refused in one line."""
+    common = ("likelihood", "--checkpoint", str(toy_checkpoint), "--num-examples", "16",
+              "--no-progress")
+    code, out, _ = _run(capsys, *common, "--set", "eval.method=rk4", "--set",
+                        "eval.num_steps=24", "--set", "eval.grid=log_snr")
+    assert code == 0
+    fixed = json.loads(out)
+    assert fixed["nfe"] == 96
+    code, out, _ = _run(capsys, *common, "--set", "eval.rtol=1e-6", "--set", "eval.atol=1e-6",
+                        "--set", "eval.error_norm=joint")
+    assert code == 0
+    adaptive = json.loads(out)
+    assert abs(fixed["nll_nats"] - adaptive["nll_nats"]) < 0.01, (fixed, adaptive)
+    code, _, err = _run(capsys, *common, "--set", "eval.method=rk4")
+    _one_line_error(code, err)
+    assert "eval.num_steps" in err
+
+
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
     code, _, err = _run(
         capsys, "sample", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)

@@ -131,3 +131,16 @@ def test_demo_rejects_negative_steps(capsys):
     assert main(["demo", "--steps", "-5", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "--steps must be >= 1, got -5" in err and len(err.strip().splitlines()) == 1
+
+
+def test_overrides_of_a_section_are_checked_together():
+    """Checks that relate two fields see the final values whatever the order of the overrides;
+    the last value of a key wins, and a combination that is still bad is refused in one line."""
+    cfg = apply_overrides(
+        Config(), ["train.importance_sampling=true", "train.likelihood_weighting=true"]
+    )
+    assert cfg.train.importance_sampling and cfg.train.likelihood_weighting
+    cfg = apply_overrides(Config(), ["eval.method=rk4", "eval.num_steps=8", "eval.num_steps=16"])
+    assert (cfg.eval.method, cfg.eval.num_steps) == ("rk4", 16)
+    with pytest.raises(ConfigError, match=r"eval\.num_steps"):
+        apply_overrides(Config(), ["eval.num_steps=8", "eval.method=rk4", "eval.num_steps=0"])

@@ -256,9 +256,13 @@ class EvalConfig:
     sample quality (``scoresde evaluate``).
 
     Likelihood: ODE tolerances ``rtol``/``atol``, ``trace`` estimator, ``eps``, ``batch_size``;
-    ``num_examples`` > 0 keeps the first examples of the split; ``bpd_split`` is the split
-    ``scoresde evaluate`` measures and ``bpd_repeats`` the number of dequantization draws per
-    example (the paper averages several).
+    the solver ``method`` (torchdiffeq: adaptive ``"dopri5"``, ``"bosh3"``, ... or fixed-step
+    ``"euler"``, ``"midpoint"``, ``"heun3"``, ``"rk4"`` with ``num_steps`` steps on the time
+    ``grid`` ``"uniform"``, ``"log_snr"`` or ``"edm"``) and the adaptive solvers' ``error_norm``
+    (``"per-part"``, ``"joint"``, ``"per-example"``; :data:`scoresde.likelihood.ERROR_NORMS`,
+    measured in ``docs/likelihood_cost.md``); ``num_examples`` > 0 keeps the first examples of
+    the split; ``bpd_split`` is the split ``scoresde evaluate`` measures and ``bpd_repeats`` the
+    number of dequantization draws per example (the paper averages several).
 
     Sample quality: ``num_samples`` samples (50k, the paper's FID) from the config's sampler,
     compared in the feature space ``features``: ``"inception"`` (the TF-ported Inception-v3
@@ -278,6 +282,10 @@ class EvalConfig:
     atol: float = 1e-5
     trace: str = "hutchinson-rademacher"
     eps: float = 1e-5
+    method: str = "dopri5"
+    num_steps: int = 0
+    grid: str = "uniform"
+    error_norm: str = "per-part"
     batch_size: int = 512
     num_examples: int = 0
     bpd_split: str = "test"
@@ -294,6 +302,19 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.rtol > 0 and self.atol > 0, "eval.rtol/eval.atol must be > 0")
+        _check(self.num_steps >= 0, f"eval.num_steps must be >= 0, got {self.num_steps}")
+        _check(
+            self.num_steps >= 1 or self.method not in ("euler", "midpoint", "heun3", "rk4"),
+            f"eval.method {self.method} is fixed-step: set eval.num_steps >= 1",
+        )
+        _check(
+            self.grid in ("uniform", "log_snr", "edm"),
+            f"eval.grid must be uniform, log_snr or edm, got {self.grid!r}",
+        )
+        _check(
+            self.error_norm in ("per-part", "joint", "per-example"),
+            f"eval.error_norm must be per-part, joint or per-example, got {self.error_norm!r}",
+        )
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_examples >= 0, f"eval.num_examples must be >= 0, got {self.num_examples}")
         _check(self.bpd_split in ("train", "test"), "eval.bpd_split must be 'train' or 'test'")

@@ -47,29 +47,35 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Return ``cfg`` with ``section.key=value`` (or top-level ``key=value``) overrides applied.
 
     Values are converted to the declared field type; unknown keys and unparsable values raise
-    :class:`ConfigError` with a one-line message.
+    :class:`ConfigError` with a one-line message. All overrides of a section are applied
+    together (the last value of a key wins), so checks that relate two fields (e.g.
+    ``train.importance_sampling`` needs ``train.likelihood_weighting``) see the final values
+    whatever the order on the command line.
     """
+    changes: dict[str, dict[str, Any]] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         path = key.strip().split(".")
         if len(path) == 1:
-            cfg = _set(cfg, path[0], value, key)
+            section, name, obj = "", path[0], cfg
         elif len(path) == 2 and path[0] in _field_types(Config):
-            section = getattr(cfg, path[0])
-            cfg = replace(cfg, **{path[0]: _set(section, path[1], value, key)})
+            section, name, obj = path[0], path[1], getattr(cfg, path[0])
         else:
             raise ConfigError(f"unknown config key {key!r}")
-    return cfg
+        changes.setdefault(section, {})[name] = _converted(obj, name, value, key)
+    sections = {k: replace(getattr(cfg, k), **v) for k, v in changes.items() if k}
+    return replace(cfg, **changes.get("", {}), **sections)
 
 
-def _set(obj: Any, name: str, value: str, key: str) -> Any:
+def _converted(obj: Any, name: str, value: str, key: str) -> Any:
+    """``value`` as the type of field ``name`` of the dataclass ``obj`` (a leaf, not a section)."""
     types = _field_types(type(obj))
     if name not in types or dataclasses.is_dataclass(types[name]):
         choices = ", ".join(n for n, t in types.items() if not dataclasses.is_dataclass(t))
         raise ConfigError(f"unknown config key {key!r} (fields here: {choices})")
-    return replace(obj, **{name: _convert(value, types[name], key)})
+    return _convert(value, types[name], key)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -19,10 +19,19 @@ from torchdiffeq import odeint
 from scoresde._tensor import NoiseSource, batch_time, flat_sum, randn
 from scoresde.data.transforms import uniform_dequantize
 from scoresde.sampling.ode import FIXED_STEP_METHODS, solver_options
+from scoresde.sampling.scaled import GRIDS, check_grid
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, probability_flow_drift
 
 TRACE_ESTIMATORS = ("hutchinson-rademacher", "hutchinson-gaussian", "exact")
+ERROR_NORMS = ("per-part", "joint", "per-example")
+"""How the adaptive solver measures the scaled error ``e / (atol + rtol |y|)`` of the augmented
+state ``(x, delta)``: ``"per-part"`` takes the RMS of the ``x`` part and of the ``delta`` part and
+the larger of the two (torchdiffeq's default, so ``log p`` is controlled on its own);
+``"joint"`` one RMS over all ``B (D + 1)`` numbers (scipy's, as in the official code, where
+``delta`` weighs ``1 / (D + 1)``); ``"per-example"`` the RMS over each example's ``D + 1`` numbers
+and the largest over the batch (every example meets the tolerance, as if solved alone, with the
+batch's common steps)."""
 
 
 def _probe(x: Tensor, trace: str, generator: NoiseSource) -> Tensor | None:
@@ -46,6 +55,32 @@ def _divergence(drift: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
     return div
 
 
+def _joint_rms(state: tuple[Tensor, Tensor]) -> Tensor:
+    x, delta = state
+    return ((x.square().sum() + delta.square().sum()) / (x.numel() + delta.numel())).sqrt()
+
+
+def _per_example_rms(state: tuple[Tensor, Tensor]) -> Tensor:
+    x, delta = state
+    flat = x.reshape(x.shape[0], -1)
+    return ((flat.square().sum(1) + delta.square()) / (flat.shape[1] + 1)).sqrt().max()
+
+
+_NORMS = {"joint": _joint_rms, "per-example": _per_example_rms}
+
+
+def _forward_grid(sde: SDE, grid: str, num_steps: int, eps: float, rho: float):
+    """torchdiffeq ``grid_constructor``: the named sampler grid (:data:`GRIDS`) run from ``eps``
+    up to ``T`` (``num_steps + 1`` times, both ends exact)."""
+
+    def construct(func, y0, t: Tensor) -> Tensor:
+        times = GRIDS[grid](sde, num_steps, eps, rho).flip(0).to(device=t.device, dtype=t.dtype)
+        times[0], times[-1] = t[0], t[-1]
+        return times
+
+    return construct
+
+
 def log_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
@@ -58,6 +93,9 @@ def log_likelihood(
     generator: NoiseSource = None,
     method: str = "dopri5",
     num_steps: int | None = None,
+    error_norm: str = "per-part",
+    grid: str = "uniform",
+    rho: float = 7.0,
 ) -> tuple[Tensor, Tensor, int]:
     """Log-density of ``x`` under the model's probability-flow ODE.
 
@@ -70,11 +108,18 @@ def log_likelihood(
         generator: draws the Hutchinson probe.
         method: a torchdiffeq method name: adaptive (``"dopri5"``, the default, ``"bosh3"``,
             ...) or fixed-step (``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun3"``).
-        num_steps: the number of equal steps from ``eps`` to ``T`` of a fixed-step method
+        num_steps: the number of steps from ``eps`` to ``T`` of a fixed-step method (on ``grid``)
             (required there; ignored by the adaptive ones, as in
             :func:`scoresde.sampling.ode.ode_sample`). The solve then costs exactly ``num_steps``
             times the method's stages in drift evaluations: ``nfe = num_steps`` (euler),
             ``2 num_steps`` (midpoint), ``3 num_steps`` (heun3), ``4 num_steps`` (rk4).
+        error_norm: how an adaptive method weighs the error of ``x`` and of ``log p``
+            (:data:`ERROR_NORMS`); ignored by the fixed-step ones.
+        grid, rho: the times of a fixed-step method, a sampler grid of
+            :data:`scoresde.sampling.scaled.GRIDS` traversed from ``eps`` to ``T``:
+            ``"uniform"`` (equal steps in ``t``), ``"log_snr"`` (equal steps in the log-SNR) or
+            ``"edm"`` (noise levels spaced with exponent ``rho``); ignored by the adaptive
+            methods. Accuracy per cost of each choice: ``docs/likelihood_cost.md``.
 
     Returns:
         ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats, the ODE's endpoint ``z = x(T)`` like
@@ -88,6 +133,14 @@ def log_likelihood(
             f"method {method!r} is a fixed-step solver: give log_likelihood num_steps (the number "
             "of equal steps from eps to T)"
         )
+    if error_norm not in ERROR_NORMS:
+        raise ValueError(f"unknown error_norm {error_norm!r}; choose from {ERROR_NORMS}")
+    check_grid(grid)
+    if method in FIXED_STEP_METHODS and grid != "uniform":
+        if not 0 < eps < sde.T:
+            raise ValueError(f"need 0 < eps < T for the {grid!r} grid, got eps={eps}")
+        if not rho > 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
     probe = _probe(x, trace, generator)
     nfe = 0
 
@@ -102,14 +155,14 @@ def log_likelihood(
 
     ts = torch.tensor([eps, sde.T], device=x.device, dtype=x.dtype)
     delta0 = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    options = solver_options(ts, method, num_steps)
+    if method in FIXED_STEP_METHODS:
+        if grid != "uniform":
+            options["grid_constructor"] = _forward_grid(sde, grid, num_steps, eps, rho)
+    elif error_norm in _NORMS:
+        options["norm"] = _NORMS[error_norm]
     solution = odeint(
-        augmented,
-        (x, delta0),
-        ts,
-        rtol=rtol,
-        atol=atol,
-        method=method,
-        options=solver_options(ts, method, num_steps),
+        augmented, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options
     )
     z, delta = solution[0][-1], solution[1][-1]
     return sde.prior_logp(z) + delta, z, nfe
@@ -156,7 +209,8 @@ def dequantized_bpd(
     """Dequantize quantised data ``x`` in ``[0, 1]``, scale it and return ``(bpd (B,), nfe)``.
 
     ``likelihood_kwargs`` go to :func:`log_likelihood` (``rtol``, ``atol``, ``trace``, ``eps``,
-    ``method``, and ``num_steps`` for a fixed-step ``method``).
+    ``method``, ``error_norm``, and ``num_steps``, ``grid``, ``rho`` for a fixed-step
+    ``method``).
     """
     u = uniform_dequantize(x, levels=levels, generator=generator)
     y = 2 * u - 1 if centered else u

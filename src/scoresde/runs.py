@@ -247,7 +247,8 @@ def evaluate_likelihood(
     if len(indices) != data.shape[0]:
         raise ValueError(f"{len(indices)} indices for {data.shape[0]} examples")
     stream_seed = derive_seed(seed, "likelihood", repeat)
-    opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps)
+    opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps, method=ec.method,
+                error_norm=ec.error_norm, num_steps=ec.num_steps or None, grid=ec.grid)
     values, nfes = [], []
     for start in tqdm(
         range(0, data.shape[0], ec.batch_size), desc="likelihood", disable=not progress
