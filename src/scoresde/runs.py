@@ -9,6 +9,7 @@ These are the library functions behind ``scoresde sample``, ``scoresde likelihoo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from scoresde.build import (
 from scoresde.checkpoint import CheckpointError, ema_model_state_dict, load_checkpoint
 from scoresde.classifier import NoiseClassifier, accuracy_by_time, accuracy_times
 from scoresde.conditioning import check_conditioning, conditional_score_fn
-from scoresde.config import Config
+from scoresde.config import Config, EvalConfig
 from scoresde.config_io import config_from_dict
 from scoresde.data.pipeline import (
     data_shape,
@@ -217,6 +218,23 @@ def generate(
     return torch.cat(out), info
 
 
+def _example_batches(
+    run: TrainedModel, data: Tensor, ec: EvalConfig, stream_seed: int, indices: range | None,
+    desc: str, progress: bool,
+) -> Iterator[tuple[Tensor, SampleStreams]]:
+    """Batches ``(x, streams)`` of ``ec.batch_size`` of the first ``ec.num_examples`` examples
+    (all for 0), on the run's device: example ``k`` is example ``indices[k]`` of its split
+    (default ``0, 1, ...``) and draws from the stream ``(stream_seed, indices[k])``."""
+    if ec.num_examples:
+        data = data[: ec.num_examples]
+    indices = range(data.shape[0]) if indices is None else indices[: data.shape[0]]
+    if len(indices) != data.shape[0]:
+        raise ValueError(f"{len(indices)} indices for {data.shape[0]} examples")
+    for start in tqdm(range(0, data.shape[0], ec.batch_size), desc=desc, disable=not progress):
+        x = data[start : start + ec.batch_size].to(run.device)
+        yield x, SampleStreams(stream_seed, indices[start : start + x.shape[0]], device=run.device)
+
+
 def evaluate_likelihood(
     run: TrainedModel,
     data: Tensor,
@@ -241,29 +259,16 @@ def evaluate_likelihood(
         ``{"bpd" | "nll_nats": mean, "per_example": list, "nfe": mean NFE, "num_examples": N}``.
     """
     ec = replace(run.cfg.eval, **overrides)
-    if ec.num_examples:
-        data = data[: ec.num_examples]
-    indices = range(data.shape[0]) if indices is None else indices[: data.shape[0]]
-    if len(indices) != data.shape[0]:
-        raise ValueError(f"{len(indices)} indices for {data.shape[0]} examples")
-    stream_seed = derive_seed(seed, "likelihood", repeat)
+    image = is_image_data(run.cfg.data)
     opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps, method=ec.method,
                 error_norm=ec.error_norm, num_steps=ec.num_steps or None, grid=ec.grid)
+    stream_seed = derive_seed(seed, "likelihood", repeat)
     values, nfes = [], []
-    for start in tqdm(
-        range(0, data.shape[0], ec.batch_size), desc="likelihood", disable=not progress
-    ):
-        x = data[start : start + ec.batch_size].to(run.device)
-        gen = SampleStreams(stream_seed, indices[start : start + x.shape[0]], device=run.device)
-        if is_image_data(run.cfg.data):
+    for x, gen in _example_batches(run, data, ec, stream_seed, indices, "likelihood", progress):
+        if image:
             v, nfe = dequantized_bpd(
-                run.sde,
-                run.score_fn,
-                x,
-                levels=run.cfg.data.levels,
-                centered=run.cfg.data.centered,
-                generator=gen,
-                **opts,
+                run.sde, run.score_fn, x, levels=run.cfg.data.levels,
+                centered=run.cfg.data.centered, generator=gen, **opts,
             )
         else:
             y = to_model_scale(x, run.cfg.data, generator=gen)
@@ -272,9 +277,8 @@ def evaluate_likelihood(
         values.append(v.detach().cpu())
         nfes.append(nfe)
     per_example = torch.cat(values)
-    key = "bpd" if is_image_data(run.cfg.data) else "nll_nats"
     return {
-        key: per_example.mean().item(),
+        "bpd" if image else "nll_nats": per_example.mean().item(),
         "per_example": per_example.tolist(),
         "nfe": sum(nfes) / len(nfes),
         "num_examples": int(per_example.numel()),
@@ -303,18 +307,13 @@ def evaluate_bound(
         evaluations per example, "num_examples": N}``.
     """
     ec = replace(run.cfg.eval, **overrides)
-    data = data[: ec.num_examples] if ec.num_examples else data
-    indices = range(data.shape[0]) if indices is None else indices[: data.shape[0]]
-    if len(indices) != data.shape[0]:
-        raise ValueError(f"{len(indices)} indices for {data.shape[0]} examples")
-    stream_seed, image = derive_seed(seed, "bound", repeat), is_image_data(run.cfg.data)
+    image = is_image_data(run.cfg.data)
     opts: dict[str, Any] = dict(eps=ec.eps, num_times=ec.bound_times)
     if image:
         opts.update(levels=run.cfg.data.levels, centered=run.cfg.data.centered)
     fn, values = bound_bpd if image else likelihood_bound, []
-    for start in tqdm(range(0, data.shape[0], ec.batch_size), desc="bound", disable=not progress):
-        x = data[start : start + ec.batch_size].to(run.device)
-        gen = SampleStreams(stream_seed, indices[start : start + x.shape[0]], device=run.device)
+    stream_seed = derive_seed(seed, "bound", repeat)
+    for x, gen in _example_batches(run, data, ec, stream_seed, indices, "bound", progress):
         y = x if image else to_model_scale(x, run.cfg.data, generator=gen)
         values.append(fn(run.sde, run.score_fn, y, generator=gen, **opts).cpu())
     per_example = torch.cat(values)
