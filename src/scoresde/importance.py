@@ -8,7 +8,8 @@ proposal ``q(t) = r(t) / Z`` with ``r = g^2 / s^2`` and ``Z = int_eps^T r(t) dt`
 weight: ``E_U[r h] = Z / (T - eps) E_q[h]`` for any ``h(t)``.
 
 ``q`` is sampled by inverting its CDF ``(F(t) - F(eps)) / Z``, ``F`` a primitive of ``r``, in
-closed form for the paper's SDEs (``B(t) = int_0^t beta = -2 log m(t)``):
+closed form for the paper's SDEs (their ``weight_integral`` and ``t_from_weight_integral``,
+:mod:`scoresde.sdes`; ``B(t) = int_0^t beta = -2 log m(t)``):
 
 * VE (``s = sigma(t)``): ``r = 2 log(sigma_max / sigma_min)`` is constant, ``q`` is uniform;
 * VP: ``r = beta / (1 - e^{-B})``, ``F = log(e^B - 1)``, inverse ``B = softplus(F)``;
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from scoresde._tensor import NoiseSource, rand
-from scoresde.sdes import SDE, VESDE, VPSDE, SubVPSDE
+from scoresde.sdes import SDE
 
 Primitive = Callable[[Tensor], Tensor]
 
@@ -45,48 +46,6 @@ def _wide(device: torch.device) -> torch.dtype:
 def likelihood_ratio(sde: SDE, t: Tensor) -> Tensor:
     """``r(t) = g(t)^2 / s(t)^2``, ``(B,)``: the weight of the likelihood-weighted loss."""
     return sde.diffusion(t) ** 2 / sde.marginal_coeffs(t)[1] ** 2
-
-
-def _big_b(sde, t: Tensor) -> Tensor:
-    return -2.0 * sde.log_mean_coeff(t)
-
-
-def _t_from_big_b(sde, b: Tensor) -> Tensor:
-    return sde.t_from_log_mean_coeff(-0.5 * b)
-
-
-def _ve(sde: VESDE) -> tuple[Primitive, Primitive]:
-    c = 2.0 * math.log(sde.sigma_max / sde.sigma_min)
-    return (lambda t: c * t), (lambda f: f / c)
-
-
-def _vp(sde: VPSDE) -> tuple[Primitive, Primitive]:
-    def primitive(t: Tensor) -> Tensor:
-        return torch.log(torch.expm1(_big_b(sde, t)))
-
-    def inverse(f: Tensor) -> Tensor:
-        return _t_from_big_b(sde, torch.logaddexp(f, torch.zeros_like(f)))
-
-    return primitive, inverse
-
-
-def _subvp(sde: SubVPSDE) -> tuple[Primitive, Primitive]:
-    def primitive(t: Tensor) -> Tensor:
-        b = _big_b(sde, t)
-        return 2.0 * torch.log(torch.expm1(b)) - b
-
-    def inverse(f: Tensor) -> Tensor:
-        return _t_from_big_b(sde, 2.0 * torch.asinh(0.5 * torch.exp(0.5 * f)))
-
-    return primitive, inverse
-
-
-CLOSED_FORMS: dict[type, Callable[[SDE], tuple[Primitive, Primitive]]] = {
-    VESDE: _ve,
-    VPSDE: _vp,
-    SubVPSDE: _subvp,
-}
-"""The SDE classes whose proposal CDF is inverted in closed form."""
 
 
 def _tabulated(sde: SDE, eps: float, num_points: int) -> tuple[Primitive, Primitive]:
@@ -175,14 +134,18 @@ def time_proposal(
 ) -> TimeProposal:
     """The proposal ``q(t) ∝ g(t)^2 / s(t)^2`` on ``[eps, T]`` of ``sde`` (cached).
 
-    Closed form for the classes of :data:`CLOSED_FORMS`; the tabulated inverse with
-    ``num_points`` grid times for any other SDE, or for any SDE when ``numerical``.
+    Closed form for an SDE with ``weight_integral`` and ``t_from_weight_integral`` (the paper's
+    three); the tabulated inverse with ``num_points`` grid times for any other SDE, or for any
+    SDE when ``numerical``.
 
     Raises:
         ValueError: unless ``0 < eps < T`` (``Z`` diverges at ``eps = 0`` for VP and sub-VP).
     """
     if not 0 < eps < sde.T:
         raise ValueError(f"the importance-sampling proposal needs 0 < eps < T, got eps={eps}")
-    closed = None if numerical else CLOSED_FORMS.get(type(sde))
-    primitive, inverse = closed(sde) if closed else _tabulated(sde, eps, num_points)
-    return TimeProposal(sde, eps, primitive, inverse, closed_form=closed is not None)
+    closed = not numerical and hasattr(sde, "weight_integral")
+    if closed:
+        primitive, inverse = sde.weight_integral, sde.t_from_weight_integral
+    else:
+        primitive, inverse = _tabulated(sde, eps, num_points)
+    return TimeProposal(sde, eps, primitive, inverse, closed_form=closed)

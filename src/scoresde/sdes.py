@@ -44,7 +44,11 @@ class SDE:
     forms with their inverses: ``sigma(t) = s(t) / m(t)`` (the noise-to-signal ratio of EDM,
     Karras et al., 2022) and ``t_from_sigma``, and the log-SNR
     ``log_snr(t) = log(m^2 / s^2) = -2 log sigma(t)`` (DPM-Solver, Lu et al., 2022) and
-    ``t_from_log_snr``; all map ``(B,)`` to ``(B,)`` and keep dtype and device.
+    ``t_from_log_snr``; all map ``(B,)`` to ``(B,)`` and keep dtype and device. Likewise
+    ``weight_integral(t)``, a primitive ``F`` of the likelihood weight ``g(t)^2 / s(t)^2``, and
+    ``t_from_weight_integral`` (the importance-sampling proposal of likelihood-weighted
+    training, :mod:`scoresde.importance`, inverts them; an SDE without them gets a tabulated
+    ``F``).
     """
 
     T: float = 1.0
@@ -116,6 +120,13 @@ class VESDE(SDE):
         """The inverse of :meth:`log_snr`: ``t = (-lambda / 2 - log sigma_min) / log(sigma_max /
         sigma_min)``, ``(B,)``."""
         return (-0.5 * lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
+    def weight_integral(self, t: Tensor) -> Tensor:
+        """``F(t) = 2 log(sigma_max / sigma_min) t``: ``g^2 / s^2`` is constant (``s = sigma``)."""
+        return 2.0 * math.log(self.sigma_max / self.sigma_min) * t
+
+    def t_from_weight_integral(self, f: Tensor) -> Tensor:
+        return f / (2.0 * math.log(self.sigma_max / self.sigma_min))
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Drift ``0`` and diffusion ``sigma(t) sqrt(2 log(sigma_max / sigma_min))``."""
@@ -231,6 +242,14 @@ class VPSDE(_BetaSchedule):
         L = torch.clamp(-lam, min=0.0) + torch.log1p(torch.exp(-torch.abs(lam)))
         return self.t_from_log_mean_coeff(-0.5 * L)
 
+    def weight_integral(self, t: Tensor) -> Tensor:
+        """``F(t) = log(e^B - 1)`` with ``B = -2 log m(t)``: ``F' = beta / (1 - e^{-B})``."""
+        return torch.log(torch.expm1(-2.0 * self.log_mean_coeff(t)))
+
+    def t_from_weight_integral(self, f: Tensor) -> Tensor:
+        """``B = softplus(F)``."""
+        return self.t_from_log_mean_coeff(-0.5 * torch.logaddexp(f, torch.zeros_like(f)))
+
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
         """DDPM update ``x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z`` as ``(f, G)`` (eq. 46).
 
@@ -285,6 +304,16 @@ class SubVPSDE(_BetaSchedule):
         """The inverse of :meth:`log_snr`: ``sigma = exp(-lambda / 2)``, then :meth:`t_from_sigma`,
         ``(B,)``."""
         return self.t_from_sigma(torch.exp(-0.5 * lam))
+
+    def weight_integral(self, t: Tensor) -> Tensor:
+        """``F(t) = 2 log(e^B - 1) - B = 2 log(2 sinh(B / 2))`` with ``B = -2 log m(t)``:
+        ``F' = beta (1 + e^{-B}) / (1 - e^{-B})``."""
+        b = -2.0 * self.log_mean_coeff(t)
+        return 2.0 * torch.log(torch.expm1(b)) - b
+
+    def t_from_weight_integral(self, f: Tensor) -> Tensor:
+        """``B = 2 asinh(e^{F / 2} / 2)``."""
+        return self.t_from_log_mean_coeff(-torch.asinh(0.5 * torch.exp(0.5 * f)))
 
     def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
         """Euler-Maruyama ``f = drift dt``, ``G = g sqrt(dt)``, ``dt = T / N`` or ``t - t_next``."""
