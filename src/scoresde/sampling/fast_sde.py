@@ -308,6 +308,7 @@ def adaptive_sde_sampler(
                 "(does the score return NaN or inf?)"
             )
         accept = active & (err <= 1)
+        reject = active & ~accept
         proposal = x_heun if extrapolation else x_euler
         if project is not None:
             proposal = project(proposal, t_next)
@@ -315,9 +316,9 @@ def adaptive_sde_sampler(
         x = torch.where(keep, proposal, x)
         x_prev = torch.where(keep, x_euler, x_prev)
         t = torch.where(accept, t_next, t)
-        memory.update(accept, active & ~accept)
+        memory.update(accept, reject)
         accepted += accept
-        rejected += active & ~accept
+        rejected += reject
         h = torch.where(active, torch.minimum(t - t_end, safety * h * err ** (-r)), 0.0)
         if callback is not None:
             callback(iteration, t, x)
