@@ -113,3 +113,36 @@ def test_rejects_mismatched_model_and_bad_decay():
         ema.update(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="decay"):
         EMA(nn.Linear(2, 2), 1.5)
+
+
+def test_the_foreach_update_equals_one_lerp_per_parameter():
+    """The fused update is the per-parameter ``lerp_`` it replaced, to float rounding, on a
+    network with several dtypes, a frozen parameter, an integer buffer and a float buffer."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3))
+    model[2].to(torch.float64)
+    model[0].bias.requires_grad_(False)
+    ema = EMA(model, 0.99)
+    reference = {k: v.clone() for k, v in ema.shadow.state_dict().items()}
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked.add_(1)
+        decay = ema.current_decay()
+        for name, value in model.state_dict().items():
+            param = dict(model.named_parameters()).get(name)
+            if param is not None and param.requires_grad:
+                reference[name].lerp_(value, 1.0 - decay)  # the per-parameter update
+            else:
+                reference[name].copy_(value)
+        ema.update(model)
+    found = ema.shadow.state_dict()
+    assert found.keys() == reference.keys()
+    for name, value in reference.items():
+        assert found[name].dtype == value.dtype
+        torch.testing.assert_close(found[name], value, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(found["0.weight"], model[0].weight)  # it averaged, not copied
+    assert torch.equal(found["0.bias"], model[0].bias)  # frozen: copied
+    assert int(found["1.num_batches_tracked"]) == 5

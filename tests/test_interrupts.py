@@ -6,7 +6,6 @@ those of an uninterrupted run, bit for bit (same machine, one thread).
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -37,9 +36,11 @@ TRAIN = [
     "train.batch_size=64",
 ]
 
-# Runs the CLI in a child process; with SCORESDE_TEST_KILL_AT=<call>:<n> the child kills itself
+# Runs the CLI in a child process. With SCORESDE_TEST_KILL_AT=<call>:<n> the child kills itself
 # with SIGKILL at the n-th call of os.fsync or os.replace: inside a checkpoint write, after the
-# temporary file is written (fsync) or just before it is renamed into place (replace).
+# temporary file is written (fsync) or just before it is renamed into place (replace). With
+# SCORESDE_TEST_SIGNAL_AT=<step>:<signum> it sends itself that signal right after training step
+# <step> (SIGKILL too): at a fixed step, never raced against a timer.
 CHILD = """
 import os, signal, sys
 where, _, n = os.environ.get("SCORESDE_TEST_KILL_AT", "::").partition(":")
@@ -51,6 +52,16 @@ if where:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args)
     setattr(os, where, patched)
+at, _, signum = os.environ.get("SCORESDE_TEST_SIGNAL_AT", "::").partition(":")
+if at:
+    import scoresde.training.loop as loop
+    real_step = loop.train_step
+    def step(state, *args, **kwargs):
+        out = real_step(state, *args, **kwargs)
+        if state.step == int(at):
+            os.kill(os.getpid(), int(signum))
+        return out
+    loop.train_step = step
 from scoresde.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -95,22 +106,27 @@ def _straight(tmp_path, argv):
     return ref / "checkpoint.safetensors"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes(signum, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "sync_every", "stopped_at"),
+    [(signal.SIGINT, 1, 17), (signal.SIGTERM, 1, 17), (signal.SIGTERM, 5, 20)],
+)
+def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes(
+    signum, sync_every, stopped_at, tmp_path
+):
+    # The signal arrives after step 17; the run stops at the ranks' next vote (every step on
+    # the CPU by default; after step 20 with sync_every=5) and saves that step.
     out = tmp_path / "run"
-    argv = [*TRAIN, "--out", out, "--steps", "500", "--set", "train.checkpoint_every=0"]
-    proc = _start(argv)
-    _wait_for(out / "config.json")  # written just before the first step
-    time.sleep(0.5)
-    proc.send_signal(signum)
+    argv = [*TRAIN, "--out", out, "--steps", "40", "--set", "train.checkpoint_every=0",
+            "--set", f"train.sync_every={sync_every}"]
+    proc = _start(argv, SCORESDE_TEST_SIGNAL_AT=f"17:{int(signum)}")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "run the same command again to resume" in lines[0], err
-    step = load_checkpoint(out / "checkpoint.safetensors").step
-    assert 0 < step < 500 and f"at step {step}" in lines[0]
+    assert load_checkpoint(out / "checkpoint.safetensors").step == stopped_at
+    assert f"at step {stopped_at}" in lines[0]
     result = _finish(argv)
-    assert (result["resumed_from"], result["steps"]) == (step, 500)
+    assert (result["resumed_from"], result["steps"]) == (stopped_at, 40)
     _assert_same_checkpoint(
         out / "checkpoint.safetensors", _straight(tmp_path, argv[len(TRAIN) + 2 :])
     )
@@ -120,25 +136,21 @@ def test_kill_9_anywhere_never_corrupts_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
     argv = [*TRAIN, "--out", out, "--steps", "300", "--set", "train.checkpoint_every=1"]
     ckpt = out / "checkpoint.safetensors"
-    rng = random.Random(0)
     kills = [{"SCORESDE_TEST_KILL_AT": "fsync:5"}, {"SCORESDE_TEST_KILL_AT": "replace:3"}]
-    kills += [{} for _ in range(3)]  # and at random times during training
+    # and between steps, at fixed steps of the resumed runs
+    kills += [{"SCORESDE_TEST_SIGNAL_AT": f"{k}:{int(signal.SIGKILL)}"} for k in (37, 121, 250)]
     steps = []
     for env in kills:
         proc = _start(argv, **env)
-        if not env:
-            _wait_for(ckpt)
-            time.sleep(rng.uniform(0.0, 0.4))
-            proc.kill()
         proc.communicate(timeout=120)
-        if proc.returncode == 0:  # finished before the kill: nothing left to interrupt
-            break
         assert proc.returncode == -signal.SIGKILL
         # Whatever is left loads, and no partial file ever sits under the checkpoint's name.
         if ckpt.exists():
             steps.append(load_checkpoint(ckpt).step)
         json.loads((out / "config.json").read_text())
-    assert steps and steps == sorted(steps) and steps[-1] > 0
+    # A kill inside a write keeps the checkpoint before it; a kill after step k (whose
+    # checkpoint was written just before) keeps step k - 1 or k.
+    assert steps == sorted(steps) and steps[-3] in (36, 37) and steps[-1] in (249, 250), steps
     result = _finish(argv)
-    assert result["steps"] == 300 and result["resumed_from"] >= steps[-1]
+    assert result["steps"] == 300 and result["resumed_from"] == steps[-1]
     _assert_same_checkpoint(ckpt, _straight(tmp_path, argv[len(TRAIN) + 2 :]))

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from scoresde.classifier import NoiseClassifier
 from scoresde.config import Config, ModelConfig, SampleConfig, SDEConfig
+from scoresde.config_rules import sample_for_method
 from scoresde.data.pipeline import data_shape
 from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
 from scoresde.networks import network_definition
@@ -100,6 +101,47 @@ def build_score_fn(
     return make_score_fn(model, sde, continuous=cfg.continuous, **kwargs)
 
 
+SAMPLE_COMPUTE_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+"""``sample.compute_dtype`` as :class:`~scoresde.ScoreModel`'s ``compute_dtype``: ``None`` (no
+autocast, the network as it is) for ``"float32"``, bf16 autocast for ``"bfloat16"``."""
+
+
+def sample_compute_dtype(name: str) -> torch.dtype | None:
+    """The ``compute_dtype`` of :class:`~scoresde.ScoreModel` for the ``sample.compute_dtype``
+    name ``name`` (:data:`SAMPLE_COMPUTE_DTYPES`); an unknown name is a ``ValueError``."""
+    if name not in SAMPLE_COMPUTE_DTYPES:
+        raise ValueError(
+            f"unknown compute dtype {name!r}; choose from {', '.join(SAMPLE_COMPUTE_DTYPES)}"
+        )
+    return SAMPLE_COMPUTE_DTYPES[name]
+
+
+def compile_network(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` for sampling (``sample.compile``): the compiled module shares
+    ``model``'s parameters, so later in-place updates of the weights (EMA) are seen by it. It
+    compiles lazily, on its first call, and again for a new input shape or autocast state."""
+    return torch.compile(model)
+
+
+def build_sampling_score_fn(
+    model: nn.Module, sde: SDE, cfg: Config, sample: SampleConfig | None = None,
+    *, compiled: nn.Module | None = None,
+) -> ScoreModel:
+    """:func:`build_score_fn` of ``model`` with the sampling settings of ``sample`` (default
+    ``cfg.sample``): the network under bf16 autocast for ``compute_dtype="bfloat16"`` (the score
+    itself in float32, see :class:`~scoresde.ScoreModel`) and, when ``sample.compile``, the
+    network ``compiled`` (a :func:`compile_network` of ``model``; built here when not given,
+    which callers that sample many batches avoid by caching it, as
+    :class:`scoresde.runs.TrainedModel` does)."""
+    sample = cfg.sample if sample is None else sample
+    net = model
+    if sample.compile:
+        net = compile_network(model) if compiled is None else compiled
+    return build_score_fn(
+        net, sde, cfg, compute_dtype=sample_compute_dtype(sample.compute_dtype)
+    )
+
+
 def build_loss(cfg: Config, sde: SDE) -> LossFn:
     """``loss(score_fn, x0, generator) -> (B,)``: continuous DSM, or SMLD/DDPM when discrete."""
     t = cfg.train
@@ -136,8 +178,12 @@ def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, d
     stochastic sampler (``edm``) ``num_steps``, ``eps``, ``rho``, ``s_churn``, ``s_noise`` and
     ``denoise``; the adaptive SDE solver (``adaptive``) ``adaptive_rtol``/``adaptive_atol``
     (0: its default), ``eps`` and ``denoise``.
+
+    A ``method`` other than ``cfg.method`` runs with its own ``num_steps`` and ``grid``
+    (:data:`scoresde.config_rules.SAMPLER_STEPS`): a config's step count is its own sampler's.
     """
-    method = method or cfg.method
+    cfg = sample_for_method(cfg, method)
+    method = cfg.method
     few_step = dict(num_steps=cfg.num_steps, eps=cfg.eps, denoise=cfg.denoise, rho=cfg.rho)
     if cfg.grid:
         few_step["grid"] = cfg.grid

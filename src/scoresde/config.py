@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoresde.config_rules import config_problem
+
+COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")
+"""The names ``sample.compute_dtype`` takes (``torch.float32`` / ``torch.bfloat16``)."""
+
 
 class ConfigError(ValueError):
     """A bad override or config file; the message is one line meant for the user."""
@@ -30,6 +35,12 @@ class DataConfig:
     maps them to ``[-1, 1]``; ``dequantize`` trains on uniformly dequantized data;
     ``random_flip`` flips training images horizontally at random; ``image_size`` 0 keeps each
     dataset's default size.
+
+    Feeding (speed only, never the batches: batch ``k`` is a function of the seed and ``k``):
+    ``num_workers`` ``DataLoader`` worker processes decode image datasets (-1: 4 on CUDA, 0 on
+    the CPU); ``on_device`` keeps a whole in-memory training set (digits, toys, CIFAR-10) on the
+    training device and takes batches there. Batches go to the device from pinned memory,
+    without blocking, one batch ahead.
     """
 
     dataset: str = "digits"
@@ -41,7 +52,14 @@ class DataConfig:
     levels: int = 17
     test_fraction: float = 0.2
     split_seed: int = 0
-    num_workers: int = 0
+    num_workers: int = -1
+    on_device: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.num_workers >= -1,
+            f"data.num_workers must be >= 0 (or -1: 4 on CUDA, 0 on CPU), got {self.num_workers}",
+        )
 
 
 @dataclass(frozen=True)
@@ -123,9 +141,17 @@ class TrainConfig:
     > 0 keeps a copy under ``<run>/snapshots/`` every so many steps. ``tensorboard`` writes
     scalars to ``<run>/tensorboard/``.
 
-    Performance switches, each off unless named: ``bf16`` (the network under bf16 autocast;
-    loss and score conversion stay float32), ``tf32`` (TF32 matmuls and convolutions on
-    NVIDIA GPUs), ``channels_last`` (image batches and weights in NHWC), ``compile``
+    ``sync_every`` is how often (in steps) the ranks vote on stopping (a signal, the time cap, a
+    NaN or infinite loss): 0 means 10 on CUDA and 1 on the CPU; a vote is also taken at every
+    log line, checkpoint, snapshot, sample grid and evaluation, so no checkpoint holds weights
+    from after a non-finite step. ``dist_timeout_minutes`` is the process-group timeout of a
+    ``torchrun`` job (NCCL's watchdog): a collective that waits longer kills the job; the
+    periodic hooks fence the ranks with a barrier that does not time out.
+
+    Performance switches: ``tf32`` (on by default: TF32 matmuls and convolutions on NVIDIA
+    GPUs, PyTorch's own default for convolutions; ``false`` is strict float32), and, each off
+    unless named, ``bf16`` (the network under bf16 autocast; loss and score conversion stay
+    float32), ``channels_last`` (image batches and weights in NHWC), ``compile``
     (``torch.compile`` of the network), ``activation_checkpointing`` (recompute each residual
     and attention block in the backward pass instead of storing its activations).
 
@@ -161,8 +187,10 @@ class TrainConfig:
     snapshot_every: int = 0
     device_batch_size: int = 0
     tensorboard: bool = True
+    sync_every: int = 0
+    dist_timeout_minutes: float = 30.0
     bf16: bool = False
-    tf32: bool = False
+    tf32: bool = True
     channels_last: bool = False
     compile: bool = False
     activation_checkpointing: bool = False
@@ -183,6 +211,11 @@ class TrainConfig:
         _check(self.eval_every >= 0, "train.eval_every must be >= 0")
         _check(self.snapshot_every >= 0, "train.snapshot_every must be >= 0")
         _check(self.device_batch_size >= 0, "train.device_batch_size must be >= 0")
+        _check(self.sync_every >= 0, f"train.sync_every must be >= 0, got {self.sync_every}")
+        _check(
+            self.dist_timeout_minutes > 0,
+            f"train.dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}",
+        )
         _check(
             0 <= self.label_dropout < 1,
             f"train.label_dropout must be in [0, 1), got {self.label_dropout}",
@@ -208,8 +241,13 @@ class SampleConfig:
     ``adaptive_rtol`` and ``adaptive_atol`` (0: one 8-bit grey level of centred data, 2/256),
     ``eps`` and ``denoise``.
 
+    ``num_steps`` and ``grid`` are ``method``'s: another sampler asked for takes its own from
+    :data:`scoresde.config_rules.SAMPLER_STEPS` unless they are set with it.
     ``batch_size`` only splits the work: each sample's noise comes from its own stream
-    ``(seed, index)``, so samples do not depend on it.
+    ``(seed, index)``, so samples do not depend on it. ``compute_dtype`` (``"float32"`` or
+    ``"bfloat16"``: the network under bf16 autocast, the score and the sampler in float32) and
+    ``compile`` (``torch.compile`` of the network) set how the network runs when sampling
+    (``sample``, ``evaluate``, the training hooks).
     """
 
     method: str = "pc"
@@ -230,6 +268,8 @@ class SampleConfig:
     s_noise: float = 1.0
     adaptive_rtol: float = 0.05
     adaptive_atol: float = 0.0
+    compute_dtype: str = "float32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
@@ -248,6 +288,11 @@ class SampleConfig:
         _check(self.s_noise >= 0, f"sample.s_noise must be >= 0, got {self.s_noise}")
         _check(self.adaptive_rtol > 0, "sample.adaptive_rtol must be > 0")
         _check(self.adaptive_atol >= 0, "sample.adaptive_atol must be >= 0 (0: the default)")
+        _check(
+            self.compute_dtype in COMPUTE_DTYPE_NAMES,
+            f"sample.compute_dtype must be one of {', '.join(COMPUTE_DTYPE_NAMES)}, "
+            f"got {self.compute_dtype!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -348,3 +393,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        problem = config_problem(self)  # a NaN or infinite float; a seed outside 0 .. 2**63 - 1
+        _check(problem is None, problem or "")

@@ -5,12 +5,21 @@
 environment. :func:`setup` joins the process group they form (``nccl`` on GPUs, ``gloo`` on
 CPUs) and says which device this process uses; a plain command is a group of one and needs no
 group at all. Only rank 0 writes files; every rank computes.
+
+Two kinds of waiting. The step's collectives (the gradients' all-reduce, the stop vote:
+:func:`all_reduce_sum`) run on the default group, whose timeout is the run's
+``train.dist_timeout_minutes`` (NCCL's watchdog kills a job whose collective waits longer).
+Everything else that makes one rank wait for another (:func:`barrier`, :func:`gather_objects`,
+:func:`broadcast_object`: folder checks, rank 0's checkpoint writes and evaluations, the
+results of work shared out by index) runs on a second, ``gloo`` group of host objects with a
+timeout of :data:`PATIENT_TIMEOUT`, so a slow checkpoint or evaluation never trips the watchdog.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,6 +27,12 @@ import torch.distributed as dist
 from scoresde.devices import resolve_device
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT_MINUTES = 30.0
+PATIENT_TIMEOUT = timedelta(days=7)
+"""The timeout of the host-side group of :func:`barrier` and friends: longer than any
+evaluation or checkpoint write a rank may wait for."""
+
+_patient_group: list[object] = []  # the gloo group of barrier/gather/broadcast, once made
 
 
 @dataclass(frozen=True)
@@ -44,13 +59,15 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: str = "auto") -> World:
+def setup(device: str = "auto", *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     """Join the ``torchrun`` process group (once) and pick this process's device.
 
     Without ``torchrun`` (or with one process) this is just :func:`scoresde.build.resolve_device`.
     Under ``torchrun``, ``device="auto"`` or ``"cuda"`` means ``cuda:LOCAL_RANK`` with the
     ``nccl`` backend when CUDA is available, else the CPU with ``gloo``; ``"cpu"`` forces
-    ``gloo`` on the CPU.
+    ``gloo`` on the CPU. ``timeout_minutes`` is the default group's timeout (that of the step's
+    collectives; ``train.dist_timeout_minutes``); the host-side group of :func:`barrier` waits
+    up to :data:`PATIENT_TIMEOUT`. A process that joined already keeps its groups.
 
     Raises:
         ValueError: the device is unavailable, or the ``torchrun`` environment is incomplete.
@@ -70,7 +87,9 @@ def setup(device: str = "auto") -> World:
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://")
+        timeout = timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
+        _patient_group[:] = [dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)]
     return World(dist.get_rank(), dist.get_world_size(), chosen)
 
 
@@ -78,6 +97,13 @@ def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _patient_group.clear()
+
+
+def _patient() -> object:
+    """The host-side group (made by :func:`setup`; the default group if another caller joined
+    the process group itself)."""
+    return _patient_group[0] if _patient_group else None
 
 
 def current() -> tuple[int, int]:
@@ -96,24 +122,26 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
-    """Wait until every rank gets here (nothing without a group)."""
+    """Wait until every rank gets here (nothing without a group), on the host-side group: up to
+    :data:`PATIENT_TIMEOUT`, whatever the step's timeout."""
     if current()[1] > 1:
-        dist.barrier()
+        dist.barrier(group=_patient())
 
 
 def broadcast_object(obj: object) -> object:
-    """Rank 0's ``obj`` on every rank (``obj`` without a group)."""
+    """Rank 0's ``obj`` on every rank (``obj`` without a group; host-side group)."""
     if current()[1] == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_patient())
     return box[0]
 
 
 def gather_objects(obj: object) -> list[object]:
-    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group)."""
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group;
+    host-side group, so a rank may wait on a slower one as long as :func:`barrier`)."""
     if current()[1] == 1:
         return [obj]
     found: list[object] = [None] * current()[1]
-    dist.all_gather_object(found, obj)
+    dist.all_gather_object(found, obj, group=_patient())
     return found

@@ -33,13 +33,21 @@ RESUMABLE_KEYS = frozenset(
         "train.channels_last",
         "train.compile",
         "train.activation_checkpointing",
+        "train.sync_every",
+        "train.dist_timeout_minutes",
+        "train.tf32",
+        "train.bf16",
+        "data.num_workers",
+        "data.on_device",
         "device",
     }
 )
 """Config keys that may differ between a run and the command that resumes it: how long it runs,
 how often it logs, checkpoints, draws sample grids and evaluates, where and on how many devices
-it runs, and the switches that change speed and memory but not the arithmetic (a preempted run
-may come back on other hardware). Everything else must be equal."""
+it runs, the switches that change speed and memory but not the arithmetic, the feeding of the
+data, and the precision switches ``tf32`` and ``bf16`` (a preempted run may come back on other
+hardware; a change of precision is recorded in ``metrics.jsonl``). Everything else must be
+equal."""
 
 
 class OutputExistsError(ValueError):

@@ -4,145 +4,61 @@ and a classifier's accuracy.
 
 These are the library functions behind ``scoresde sample``, ``scoresde likelihood``,
 ``scoresde train-classifier`` and the demo. Images go in and come out in data scale
-(``[0, 1]``); the model scale is handled here.
+(``[0, 1]``); the model scale is handled here. The runs themselves and their loading live in
+:mod:`scoresde.run_models` (re-exported here): sampling runs the network as ``sample.compute_dtype``
+and ``sample.compile`` say, the likelihood always in float32, uncompiled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from scoresde.build import (
-    build_classifier_fn,
-    build_model,
-    build_score_fn,
-    build_sde,
-    is_classifier,
-    sampler_config,
-)
-from scoresde.checkpoint import CheckpointError, ema_model_state_dict, load_checkpoint
-from scoresde.classifier import NoiseClassifier, accuracy_by_time, accuracy_times
+from scoresde.build import sampler_config
+from scoresde.classifier import accuracy_by_time, accuracy_times
 from scoresde.conditioning import check_conditioning, conditional_score_fn
-from scoresde.config import Config, EvalConfig
-from scoresde.config_io import config_from_dict
+from scoresde.config import EvalConfig
+from scoresde.config_rules import sample_for_method
 from scoresde.data.pipeline import (
-    data_shape,
     from_model_scale,
     is_image_data,
     load_labeled_split,
     to_model_scale,
 )
-from scoresde.devices import resolve_device
+from scoresde.finite import NonFiniteSamplesError, check_finite
 from scoresde.likelihood import dequantized_bpd, log_likelihood
 from scoresde.likelihood_bound import bound_bpd, likelihood_bound
-from scoresde.rundir import CHECKPOINT_NAME
+from scoresde.run_models import (
+    TrainedClassifier,
+    TrainedModel,
+    TrainedRun,
+    checkpoint_file,
+    load_classifier,
+    load_trained,
+)
 from scoresde.sampling import sample
-from scoresde.score import ScoreFn
-from scoresde.sdes import SDE
+from scoresde.sampling.ode import TimeProgress
 from scoresde.seeding import SampleStreams, derive_seed
 
-
-@dataclass
-class TrainedRun:
-    """A trained network loaded from a run: config, SDE, network (eval mode), device, and the
-    training step its checkpoint was saved at."""
-
-    cfg: Config
-    sde: SDE
-    model: nn.Module
-    device: torch.device
-    step: int = 0
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape of one example."""
-        return data_shape(self.cfg.data)
-
-
-@dataclass
-class TrainedModel(TrainedRun):
-    """A trained score model ready for sampling."""
-
-    @property
-    def score_fn(self) -> ScoreFn:
-        return build_score_fn(self.model, self.sde, self.cfg)
-
-    def generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-
-@dataclass
-class TrainedClassifier(TrainedRun):
-    """A trained noise-conditional classifier ``p_t(y | x)`` (``scoresde train-classifier``)."""
-
-    @property
-    def log_prob_fn(self) -> NoiseClassifier:
-        """``log_prob_fn(x (B, ...), t (B,)) -> (B, K)`` logits, in model scale."""
-        return build_classifier_fn(self.model, self.sde)
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.model.num_classes
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """``path`` itself, or the rolling checkpoint of the run folder ``path``."""
-    path = Path(path)
-    return path / CHECKPOINT_NAME if path.is_dir() else path
-
-
-def _load(path: Path, device: str, use_ema: bool, classifier: bool):
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(path)
-    try:
-        cfg = config_from_dict(ckpt.config)
-        if is_classifier(cfg) != classifier:
-            kinds = ("classifier", "score model")
-            want, got = kinds if classifier else kinds[::-1]
-            hint = " (pass it as --classifier)" if got == "classifier" else ""
-            raise CheckpointError(
-                f"{path}: this is a {got} run (model.name={cfg.model.name!r}), "
-                f"not a {want}{hint}"
-            )
-        model = build_model(cfg)
-        use = use_ema and ckpt.ema is not None
-        weights = ema_model_state_dict(ckpt.ema) if use else ckpt.model
-        model.load_state_dict(weights)
-    except (ValueError, RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot rebuild the model: {first}") from None
-    kind = TrainedClassifier if classifier else TrainedModel
-    return kind(
-        replace(cfg, device=str(dev)), build_sde(cfg.sde), model.to(dev).eval(), dev, ckpt.step
-    )
-
-
-def load_trained(path: str | Path, *, device: str = "auto", use_ema: bool = True) -> TrainedModel:
-    """Load a score model's checkpoint written by ``scoresde train``, ``scoresde demo`` or
-    ``scoresde convert`` (EMA weights unless ``use_ema=False``).
-
-    Raises :class:`CheckpointError` (one-line message) for a missing, corrupt or foreign file,
-    or a classifier's checkpoint.
-    """
-    return _load(Path(path), device, use_ema, classifier=False)
-
-
-def load_classifier(
-    path: str | Path, *, device: str = "auto", use_ema: bool = True
-) -> TrainedClassifier:
-    """Load a noise-conditional classifier written by ``scoresde train-classifier``: its run
-    folder or its checkpoint file (EMA weights unless ``use_ema=False``).
-
-    Raises :class:`CheckpointError` (one line) for a missing, corrupt or foreign file, or a
-    score model's checkpoint.
-    """
-    return _load(checkpoint_file(path), device, use_ema, classifier=True)
+__all__ = [
+    "NonFiniteSamplesError",
+    "TrainedClassifier",
+    "TrainedModel",
+    "TrainedRun",
+    "checkpoint_file",
+    "classifier_accuracy",
+    "evaluate_bound",
+    "evaluate_likelihood",
+    "generate",
+    "generate_classes",
+    "load_classifier",
+    "load_trained",
+]
 
 
 @torch.no_grad()
@@ -158,6 +74,7 @@ def generate(
     labels: Tensor | int | None = None,
     guidance: float = 1.0,
     classifier: TrainedClassifier | None = None,
+    check_finite_samples: bool = True,
     **overrides: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Draw samples ``first_index .. first_index + num_samples - 1`` of seed ``seed``, in data
@@ -172,15 +89,31 @@ def generate(
     (:class:`scoresde.seeding.SampleStreams`), so a sample does not depend on the batch size
     (default ``sample.batch_size``) or on which other samples are drawn with it, up to float
     rounding (and, for the adaptive ODE solver, whose steps depend on the whole batch, up to
-    its tolerance). ``overrides`` replace fields of ``run.cfg.sample`` (e.g. ``num_steps=500``).
+    its tolerance). ``overrides`` replace fields of ``run.cfg.sample`` (e.g. ``num_steps=500``),
+    the network's ``compute_dtype`` (``"float32"`` or ``"bfloat16"``: bf16 autocast, the score
+    and the sampler in float32) and ``compile`` included: the network runs as
+    :attr:`TrainedModel.score_fn` says, its compiled module built once per run and reused by
+    every batch and call.
+
+    A ``method`` other than ``sample.method`` runs with its own ``num_steps`` and ``grid``
+    (:data:`scoresde.config_rules.SAMPLER_STEPS`, about 20 NFE for the fast samplers) unless
+    ``overrides`` set them. ``progress`` shows the sampler's bar (for the ODE, one in
+    integration time).
 
     Returns:
         ``(samples (num_samples, *shape), info)`` with ``info["method"]``, ``info["nfe"]``
         (score evaluations per sample; for the ODE the largest over the batches) and, for the
         samplers on a time grid, ``info["num_steps"]`` (also ``info["pc_steps"]`` for PC).
+
+    Raises:
+        NonFiniteSamplesError: a batch holds NaN or infinite samples (one line: how many, the
+            likely cause); raised at that batch, before anything is returned
+            (``check_finite_samples=False`` returns them as they are).
     """
-    sc = replace(run.cfg.sample, **overrides)
-    method, options = sampler_config(sc, method)
+    method = method or overrides.pop("method", None)
+    sc = replace(sample_for_method(run.cfg.sample, method), **overrides)
+    method, options = sampler_config(sc)
+    run = run.with_sample(sc)  # the score function below runs the network as ``sc`` says
     batch_size = sc.batch_size if batch_size is None else batch_size
     if num_samples < 1 or batch_size < 1 or first_index < 0:
         raise ValueError(
@@ -194,27 +127,38 @@ def generate(
         labels = labels.expand(num_samples)
     check_conditioning(run, labels, guidance, classifier)
     out, info = [], {"method": method, "nfe": 0}
-    for start in range(first_index, first_index + num_samples, batch_size):
-        indices = range(start, min(start + batch_size, first_index + num_samples))
-        streams = SampleStreams(seed, indices, device=run.device)
-        x_T = run.sde.prior_sampling((len(indices), *run.shape), streams, device=run.device)
-        rows = slice(start - first_index, start - first_index + len(indices))
-        batch_labels = labels[rows] if labels is not None else None
-        x, batch_info = sample(
-            run.sde,
-            conditional_score_fn(run, batch_labels, guidance, classifier),
-            x_T,
-            method=method,
-            generator=streams,
-            progress=progress,
-            **options,
-        )
-        info["nfe"] = max(info["nfe"], batch_info["nfe"])
-        if "num_steps" in batch_info:
-            info["num_steps"] = batch_info["num_steps"]
-            if method == "pc":
-                info["pc_steps"] = batch_info["num_steps"]
-        out.append(from_model_scale(x, run.cfg.data).cpu())
+    starts = range(first_index, first_index + num_samples, batch_size)
+    # The ODE solve is a black box without a bar of its own: one in integration time.
+    with TimeProgress(
+        run.sde.T, sc.eps, desc="ODE sampling", enabled=progress and method == "ode",
+        parts=len(starts),
+    ) as bar:
+        callback = (lambda i, t, x: bar.update(t.reshape(-1)[0])) if progress else None
+        for start in starts:
+            indices = range(start, min(start + batch_size, first_index + num_samples))
+            streams = SampleStreams(seed, indices, device=run.device)
+            x_T = run.sde.prior_sampling((len(indices), *run.shape), streams, device=run.device)
+            rows = slice(start - first_index, start - first_index + len(indices))
+            batch_labels = labels[rows] if labels is not None else None
+            x, batch_info = sample(
+                run.sde,
+                conditional_score_fn(run, batch_labels, guidance, classifier),
+                x_T,
+                method=method,
+                generator=streams,
+                progress=progress and method != "ode",  # the ODE: the one bar above
+                callback=callback if method == "ode" else None,
+                **options,
+            )
+            bar.next_part()
+            if check_finite_samples:
+                check_finite(x, run.model, method=method, guidance=guidance, first_index=start)
+            info["nfe"] = max(info["nfe"], batch_info["nfe"])
+            if "num_steps" in batch_info:
+                info["num_steps"] = batch_info["num_steps"]
+                if method == "pc":
+                    info["pc_steps"] = batch_info["num_steps"]
+            out.append(from_model_scale(x, run.cfg.data).cpu())
     return torch.cat(out), info
 
 
@@ -255,6 +199,11 @@ def evaluate_likelihood(
     solver's tolerance, whose steps depend on the batch); ``repeat`` numbers independent
     dequantization draws.
 
+    The network runs in float32 and uncompiled (:attr:`TrainedModel.float32_score_fn`),
+    whatever ``sample.compute_dtype`` and ``sample.compile`` say: the ODE solve's tolerances
+    (``eval.rtol``/``eval.atol``, ~1e-5) are finer than bf16's resolution (~4e-3), so bf16
+    would only add noise to the bits/dim.
+
     Returns:
         ``{"bpd" | "nll_nats": mean, "per_example": list, "nfe": mean NFE, "num_examples": N}``.
     """
@@ -263,19 +212,26 @@ def evaluate_likelihood(
     opts = dict(rtol=ec.rtol, atol=ec.atol, trace=ec.trace, eps=ec.eps, method=ec.method,
                 error_norm=ec.error_norm, num_steps=ec.num_steps or None, grid=ec.grid)
     stream_seed = derive_seed(seed, "likelihood", repeat)
-    values, nfes = [], []
-    for x, gen in _example_batches(run, data, ec, stream_seed, indices, "likelihood", progress):
-        if image:
-            v, nfe = dequantized_bpd(
-                run.sde, run.score_fn, x, levels=run.cfg.data.levels,
-                centered=run.cfg.data.centered, generator=gen, **opts,
-            )
-        else:
-            y = to_model_scale(x, run.cfg.data, generator=gen)
-            logp, _, nfe = log_likelihood(run.sde, run.score_fn, y, generator=gen, **opts)
-            v = -logp
-        values.append(v.detach().cpu())
-        nfes.append(nfe)
+    values, nfes, score_fn = [], [], run.float32_score_fn
+    count = min(ec.num_examples or data.shape[0], data.shape[0])
+    # One bar in integration time (eps to T) per batch: the solves are long and black boxes.
+    bar = TimeProgress(ec.eps, run.sde.T, desc="likelihood", enabled=progress,
+                       parts=-(-count // ec.batch_size))
+    with bar:
+        for x, gen in _example_batches(run, data, ec, stream_seed, indices, "", False):
+            if image:
+                v, nfe = dequantized_bpd(
+                    run.sde, score_fn, x, levels=run.cfg.data.levels,
+                    centered=run.cfg.data.centered, generator=gen, progress=bar, **opts,
+                )
+            else:
+                y = to_model_scale(x, run.cfg.data, generator=gen)
+                logp, _, nfe = log_likelihood(
+                    run.sde, score_fn, y, generator=gen, progress=bar, **opts
+                )
+                v = -logp
+            values.append(v.detach().cpu())
+            nfes.append(nfe)
     per_example = torch.cat(values)
     return {
         "bpd" if image else "nll_nats": per_example.mean().item(),
@@ -301,6 +257,8 @@ def evaluate_bound(
     protocol: bits/dim for images, nats for vectors; ``eval.bound_times`` importance-sampled
     times per example from ``eval.eps``; example ``indices[k]`` draws from the stream
     ``(derive_seed(seed, "bound", repeat), index)``, so its value does not depend on the batch.
+    Like the likelihood, it runs the network in float32 and uncompiled, whatever ``sample.*``
+    says.
 
     Returns:
         ``{"bound_bpd" | "bound_nll_nats": mean, "per_example": list, "nfe": score
@@ -311,11 +269,11 @@ def evaluate_bound(
     opts: dict[str, Any] = dict(eps=ec.eps, num_times=ec.bound_times)
     if image:
         opts.update(levels=run.cfg.data.levels, centered=run.cfg.data.centered)
-    fn, values = bound_bpd if image else likelihood_bound, []
+    fn, values, score_fn = bound_bpd if image else likelihood_bound, [], run.float32_score_fn
     stream_seed = derive_seed(seed, "bound", repeat)
     for x, gen in _example_batches(run, data, ec, stream_seed, indices, "bound", progress):
         y = x if image else to_model_scale(x, run.cfg.data, generator=gen)
-        values.append(fn(run.sde, run.score_fn, y, generator=gen, **opts).cpu())
+        values.append(fn(run.sde, score_fn, y, generator=gen, **opts).cpu())
     per_example = torch.cat(values)
     return {
         "bound_bpd" if image else "bound_nll_nats": per_example.mean().item(),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -61,8 +61,10 @@ __all__ = [
     "MirroredDataset",
     "celeba",
     "cifar10",
+    "epoch_batches",
     "image_batches",
     "image_folder",
+    "image_loader",
     "load_image_dataset",
     "lsun",
 ]
@@ -300,7 +302,50 @@ def image_batches(
         Float32 ``(B, C, H, W)`` in ``[0, 1]``, or ``(images, labels (B,) int64)`` for pairs
         (``B`` the number of ``rows``).
     """
-    n = len(dataset)
+    loader = image_loader(
+        dataset, batch_size, seed=seed, drop_last=drop_last, num_workers=num_workers,
+        start=start, rows=rows,
+    )  # fmt: skip
+    return _flipped(loader, seed, start, random_flip, batch_size, _check_rows(rows, batch_size))
+
+
+def image_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    start: int = 0,
+    rows: slice | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The batches of :func:`image_batches` before their random flips, as an endless
+    ``DataLoader``: its ``j``-th batch is batch ``start + j`` (same order, same images, whatever
+    ``num_workers``). ``pin_memory`` puts each batch in page-locked memory (for asynchronous
+    copies to a CUDA device; the loader pins for the current CUDA device). Arguments as
+    :func:`image_batches`."""
+    sampler = epoch_batches(
+        len(dataset), batch_size, seed=seed, drop_last=drop_last, start=start, rows=rows
+    )
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, generator=stream(seed, "workers"),
+    )  # fmt: skip
+
+
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    drop_last: bool = True,
+    start: int = 0,
+    rows: slice | None = None,
+) -> Iterable[list[int]]:
+    """The dataset indices of the batches of :func:`image_batches` over ``n`` images: an endless
+    iterable of lists (``rows`` of each batch) from batch ``start`` on, epoch ``e``'s order from
+    the stream ``(seed, "epoch", e)``. Raises ``ValueError`` where no batch can be made."""
     if n == 0 or (drop_last and n < batch_size):
         raise ValueError(
             f"a dataset of {n} images yields no batch of {batch_size} (drop_last={drop_last})"
@@ -308,15 +353,7 @@ def image_batches(
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
     rows = _check_rows(rows, batch_size)
-    sampler = _EpochBatches(n, batch_size, seed=seed, drop_last=drop_last, start=start, rows=rows)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        generator=stream(seed, "workers"),
-    )
-    return _flipped(loader, seed, start, random_flip, batch_size, rows)
+    return _EpochBatches(n, batch_size, seed=seed, drop_last=drop_last, start=start, rows=rows)
 
 
 def _check_rows(rows: slice | None, batch_size: int) -> slice:

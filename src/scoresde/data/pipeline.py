@@ -26,6 +26,21 @@ DEFAULT_IMAGE_SIZES = {"cifar10": 32, "celeba": 64, "lsun": 256}
 DATASETS = ("digits", *TOY_DATASETS, *IMAGE_DATASETS)
 NUM_CLASSES = {"digits": 10, "cifar10": 10, **TOY_NUM_CLASSES}
 LABELED_DATASETS = tuple(NUM_CLASSES)
+IN_MEMORY_DATASETS = ("digits", *TOY_DATASETS, "cifar10")
+"""Datasets whose whole training split is held in memory (CIFAR-10 as uint8): those
+``data.on_device`` can keep on the training device."""
+AUTO_CUDA_WORKERS = 4
+
+
+def resolve_num_workers(cfg: DataConfig, device: torch.device | str) -> int:
+    """The ``DataLoader`` worker processes that decode an image dataset for ``device``:
+    ``data.num_workers`` when >= 0, else (-1, auto) 4 on a CUDA device and 0 (decode in this
+    process) elsewhere. Only image datasets read through a ``DataLoader`` (all of
+    :data:`IMAGE_DATASETS`, unless CIFAR-10 is kept on the device) use workers; digits and the
+    2-D toys are indexed in memory and ignore the setting. Workers never change the batches."""
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    return AUTO_CUDA_WORKERS if torch.device(device).type == "cuda" else 0
 
 
 def is_image_data(cfg: DataConfig) -> bool:
@@ -46,7 +61,10 @@ def data_shape(cfg: DataConfig) -> tuple[int, ...]:
     raise ValueError(f"unknown dataset {cfg.dataset!r}; choose from {list(DATASETS)}")
 
 
-def _image_dataset(cfg: DataConfig, split: str, *, with_labels: bool = False):
+def image_dataset(cfg: DataConfig, split: str, *, with_labels: bool = False):
+    """The image dataset ``cfg`` names, opened from ``data.root`` (items float32 ``(3, S, S)``
+    in ``[0, 1]``, or ``(image, label)`` pairs; CIFAR-10 an
+    :class:`~scoresde.data.image_formats.ImageArrayDataset` holding uint8 ``images``)."""
     if not cfg.root:
         raise ValueError(f"dataset {cfg.dataset!r} is read from disk: set data.root=PATH")
     return load_image_dataset(
@@ -93,7 +111,7 @@ def load_split(cfg: DataConfig, split: str, *, limit: int = 0) -> Tensor:
         gen = _toy_generator(cfg, split)
         data = sample_toy(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
     else:
-        dataset = _image_dataset(cfg, split)
+        dataset = image_dataset(cfg, split)
         n = min(limit, len(dataset)) if limit else len(dataset)
         return torch.stack([dataset[i] for i in range(n)])
     return data[:limit] if limit else data
@@ -124,7 +142,7 @@ def load_labeled_split(cfg: DataConfig, split: str, *, limit: int = 0) -> tuple[
         gen = _toy_generator(cfg, split)
         data, labels = sample_toy_labeled(cfg.dataset, TOY_SPLIT_SIZES[split], generator=gen)
     else:
-        dataset = _image_dataset(cfg, split, with_labels=True)
+        dataset = image_dataset(cfg, split, with_labels=True)
         n = min(limit, len(dataset)) if limit else len(dataset)
         items = [dataset[i] for i in range(n)]
         images = torch.stack([image for image, _ in items])
@@ -164,21 +182,18 @@ def train_batches(
     attaches the class labels (:data:`LABELED_DATASETS` have them; the data is the same as
     without). ``rows`` keeps only those rows of every batch (a device's shard of a distributed
     batch of ``batch_size``): the shards of all devices put together are the batch one device
-    would see.
+    would see. The batches stay on the CPU, so ``data.num_workers`` -1 (auto) means 0 here;
+    :func:`scoresde.data.feeding.device_batches` gives the same batches on a training device.
     """
-    if with_labels and cfg.dataset not in LABELED_DATASETS:
-        raise ValueError(
-            f"dataset {cfg.dataset!r} has no class labels (a label-conditional model, "
-            f"model.num_classes > 0, or a classifier needs one of {list(LABELED_DATASETS)})"
-        )
+    check_labels(cfg, with_labels)
     if cfg.dataset in IMAGE_DATASETS:
         batches = image_batches(
-            _image_dataset(cfg, "train", with_labels=with_labels),
+            image_dataset(cfg, "train", with_labels=with_labels),
             batch_size,
             seed=seed,
             start=start,
             random_flip=cfg.random_flip,
-            num_workers=cfg.num_workers,
+            num_workers=resolve_num_workers(cfg, "cpu"),
             rows=rows,
         )
         return (Batch(*b) if with_labels else Batch(b) for b in batches)
@@ -188,13 +203,31 @@ def train_batches(
     return _resampled(load_split(cfg, "train"), None, batch_size, seed, start, rows)
 
 
+def check_labels(cfg: DataConfig, with_labels: bool) -> None:
+    """Raise ``ValueError`` if ``with_labels`` asks for labels ``cfg.dataset`` does not have."""
+    if with_labels and cfg.dataset not in LABELED_DATASETS:
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has no class labels (a label-conditional model, "
+            f"model.num_classes > 0, or a classifier needs one of {list(LABELED_DATASETS)})"
+        )
+
+
+def resampled_indices(
+    n: int, batch_size: int, seed: int, start: int, rows: slice | None
+) -> Iterator[Tensor]:
+    """The indices ``(B,)`` int64 (CPU) of the in-memory batches ``start, start + 1, ...`` over
+    ``n`` examples: batch ``k`` draws ``batch_size`` with replacement from the stream
+    ``(seed, "batch", k)`` and keeps ``rows``."""
+    rows = rows if rows is not None else slice(0, batch_size)
+    for k in itertools.count(start):
+        idx = torch.randint(0, n, (batch_size,), generator=stream(seed, "batch", k))
+        yield idx[rows]
+
+
 def _resampled(
     data: Tensor, labels: Tensor | None, batch_size: int, seed: int, start: int, rows: slice | None
 ) -> Iterator[Batch]:
-    rows = rows if rows is not None else slice(0, batch_size)
-    for k in itertools.count(start):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=stream(seed, "batch", k))
-        idx = idx[rows]
+    for idx in resampled_indices(data.shape[0], batch_size, seed, start, rows):
         yield Batch(data[idx], labels[idx] if labels is not None else None)
 
 

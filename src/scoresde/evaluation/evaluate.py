@@ -20,7 +20,6 @@ resumes there), ``samples.npz`` and ``samples.png`` (all samples, and a grid), a
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -35,6 +34,7 @@ from scoresde import distributed
 from scoresde.build import sampler_config
 from scoresde.config import Config, EvalConfig
 from scoresde.config_io import save_config
+from scoresde.config_rules import sample_for_method
 from scoresde.data.pipeline import is_image_data, load_split
 from scoresde.distributed import World
 from scoresde.evaluation.features import EvaluationError, FeatureExtractor, extract_features
@@ -47,6 +47,7 @@ from scoresde.evaluation.metrics import (
 )
 from scoresde.evaluation.reference import Reference, load_reference
 from scoresde.evaluation.samples import SampleStore, as_uint8_images, generate_into
+from scoresde.evaluation.split_likelihood import likelihood_on_ranks
 from scoresde.rundir import (
     OutputExistsError,
     atomic_save_arrays,
@@ -135,11 +136,13 @@ def evaluate(
     """Evaluate ``run`` as ``run.cfg.eval`` says and write ``results.json`` to ``out``.
 
     Samples come from ``method`` (default ``run.cfg.sample.method``) with the options of
-    ``run.cfg.sample``; sample ``i`` from the stream ``(seed, i)`` (default seed: the
-    config's), made in batches of ``batch_size`` (default ``sample.batch_size``), which do not
-    change them. Running the same evaluation again resumes it; a finished one is refused unless
-    ``overwrite``, and a folder holding the samples of another checkpoint, sampler or seed is
-    refused. ``extractor`` replaces the configured feature network (tests use a tiny one).
+    ``run.cfg.sample`` (another method with its own ``num_steps`` and ``grid``,
+    :data:`scoresde.config_rules.SAMPLER_STEPS`); sample ``i`` from the stream ``(seed, i)``
+    (default seed: the config's), made in batches of ``batch_size`` (default
+    ``sample.batch_size``), which do not change them. Running the same evaluation again resumes
+    it; a finished one is refused unless ``overwrite``, and a folder holding the samples of
+    another checkpoint, sampler or seed is refused. ``extractor`` replaces the configured
+    feature network (tests use a tiny one).
 
     Returns:
         The results (on every rank): ``metrics`` (``fid``, ``is``, ``is_std``, ``kid``,
@@ -150,6 +153,8 @@ def evaluate(
 
     Raises:
         EvaluationError, OutputExistsError, ValueError: before any sample is drawn.
+        NonFiniteSamplesError: a batch of samples holds NaN or infinite values; the batches
+            made before it stay in ``parts/``, nothing else is written.
     """
     start = time.perf_counter()
     world = world or World(0, 1, run.device)
@@ -157,7 +162,9 @@ def evaluate(
     ec = cfg.eval
     out = Path(out)
     seed = cfg.seed if seed is None else seed
-    method, options = sampler_config(cfg.sample, method)
+    cfg = replace(cfg, sample=sample_for_method(cfg.sample, method))  # its own steps and grid
+    run = replace(run, cfg=cfg)
+    method, options = sampler_config(cfg.sample)
     batch_size = batch_size or cfg.sample.batch_size
     wants_samples = any(m in SAMPLE_METRICS for m in ec.metrics)
     check_evaluation(cfg)
@@ -345,42 +352,11 @@ def _metrics(
 def _likelihood(
     run: TrainedModel, world: World, seed: int, progress: bool, score=evaluate_likelihood
 ) -> dict[str, Any]:
-    """Bits/dim (nats for vectors) of ``eval.bpd_split``: example ``i`` is scored by rank
-    ``i mod W``, ``eval.bpd_repeats`` times with independent dequantizations; the mean over
-    examples of each example's mean over repeats, with its standard error. ``score`` is
-    :func:`~scoresde.runs.evaluate_likelihood` (the ODE) or :func:`~scoresde.runs.evaluate_bound`
-    (the variational bound)."""
+    """Bits/dim (nats for vectors) of ``eval.bpd_split``, ``eval.bpd_repeats`` times with
+    independent dequantizations (:func:`likelihood_on_ranks`)."""
     ec = run.cfg.eval
     data = load_split(run.cfg.data, ec.bpd_split, limit=ec.num_examples)
-    mine = world.shard(data.shape[0])
-    values = torch.zeros(len(mine), ec.bpd_repeats)
-    nfes = []
-    for r in range(ec.bpd_repeats):
-        found = score(
-            run,
-            data[mine.start :: mine.step],
-            seed=seed,
-            indices=mine,
-            repeat=r,
-            progress=progress and world.is_main,
-        )
-        values[:, r] = torch.tensor(found["per_example"])
-        nfes.append(found["nfe"])
-    gathered = distributed.gather_objects((list(mine), values.tolist(), nfes))
-    per_example = torch.zeros(data.shape[0], ec.bpd_repeats)
-    all_nfes = []
-    for indices, rows, rank_nfes in gathered:
-        per_example[indices] = torch.tensor(rows).reshape(len(indices), ec.bpd_repeats)
-        all_nfes += rank_nfes
-    means = per_example.mean(dim=1).double()
-    n = means.numel()
-    stderr = means.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return {
-        "split": ec.bpd_split,
-        "mean": means.mean().item(),
-        "stderr": stderr,
-        "num_examples": n,
-        "repeats": ec.bpd_repeats,
-        "nfe": float(np.mean(all_nfes)),
-        "per_example": means.tolist(),
-    }
+    found = likelihood_on_ranks(
+        run, data, world, seed=seed, repeats=ec.bpd_repeats, progress=progress, score=score
+    )
+    return {"split": ec.bpd_split, **found}

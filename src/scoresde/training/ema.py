@@ -50,18 +50,27 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the shadow towards ``model``'s current weights (call after each optimizer step)."""
+        """Move the shadow towards ``model``'s current weights (call after each optimizer step).
+
+        The trained floating-point parameters move in one ``torch._foreach_lerp_`` call (one
+        fused kernel per dtype and device instead of one per parameter); the others and the
+        buffers are copied.
+        """
         decay = self.current_decay()
         params = dict(model.named_parameters())
         shadow_params = dict(self.shadow.named_parameters())
         if params.keys() != shadow_params.keys():
             raise ValueError("model parameters do not match the EMA shadow's")
+        targets, sources = [], []
         for name, param in params.items():
             target = shadow_params[name]
             if param.requires_grad and param.is_floating_point():
-                target.lerp_(param.detach(), 1.0 - decay)
+                targets.append(target)
+                sources.append(param.detach())
             else:
                 target.copy_(param)
+        if targets:
+            torch._foreach_lerp_(targets, sources, 1.0 - decay)
         buffers = dict(model.named_buffers())
         for name, buffer in self.shadow.named_buffers():
             buffer.copy_(buffers[name])

@@ -1,145 +1,118 @@
 """What the training loop does besides stepping: each is a hook called after every step.
 
 A hook is any callable ``hook(state, stats, last)``: ``state`` is the
-:class:`~scoresde.training.state.TrainState` after the step, ``stats`` that step's
-:class:`StepStats` (the loss and gradient norm averaged over all ranks, the learning rate, the
-global batch and the wall time) and ``last`` whether this is the last step of the call (the
-run's end, a time cap or an interrupt). Hooks act every so many steps; the loop knows nothing
-of them. Under ``torchrun`` they run on rank 0 only, except :class:`MetricsLog`, which every
-rank keeps (rank 0 alone writes and shows it).
+:class:`~scoresde.training.state.TrainState` after the step, ``stats`` the step's
+:class:`~scoresde.training.metrics_log.StepStats` when the ranks voted at this step (the loss
+and gradient norm averaged over all ranks; ``None`` at the steps between votes, whose values
+are still on the device) and ``last`` whether this is the last step of the call (the run's end,
+a time cap or an interrupt). Hooks act every so many steps; the loop knows nothing of them.
+
+Under ``torchrun`` no rank waits for another in a collective that can time out while a hook
+works (:mod:`scoresde.distributed`). The built-in hooks say when they act (``due(step,
+last)``; the loop votes before, so no checkpoint is written after a non-finite step) and where
+(``all_ranks``): :class:`SampleGrid` and :class:`Evaluation` run on every rank and share their
+work out by sample or example index; :class:`Checkpointer` and :class:`ClassifierEvaluation`
+run on rank 0 while the others wait at the host-side barrier, which does not time out before the
+work is done. A caller's own hooks run on rank 0, fenced the same way after every step.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from scoresde import distributed
 from scoresde.build import sampler_config
-from scoresde.checkpoint import save_checkpoint
+from scoresde.checkpoint import checkpoint_config, save_checkpoint
 from scoresde.config import Config
 from scoresde.config_io import config_to_dict
-from scoresde.data.pipeline import is_image_data, load_split
+from scoresde.data.pipeline import data_shape, is_image_data, load_split
+from scoresde.distributed import World
+from scoresde.evaluation.split_likelihood import likelihood_on_ranks
 from scoresde.rundir import CHECKPOINT_NAME, atomic_write
 from scoresde.runs import (
     TrainedClassifier,
     TrainedModel,
     classifier_accuracy,
-    evaluate_likelihood,
     generate,
 )
 from scoresde.sdes import SDE
 from scoresde.seeding import derive_seed
+from scoresde.training.metrics_log import MetricsLog, StepStats
 from scoresde.training.state import TrainState
 
-METRICS_NAME = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 SNAPSHOT_DIR = "snapshots"
 
-
-@dataclass(frozen=True)
-class StepStats:
-    """One optimisation step as the loop saw it: ``loss`` (mean over the global batch),
-    ``grad_norm`` (before clipping), ``lr``, ``examples`` (the global batch) and ``seconds``
-    (wall time of the step, data included)."""
-
-    loss: float
-    grad_norm: float
-    lr: float
-    examples: int
-    seconds: float
+Hook = Callable[[TrainState, "StepStats | None", bool], None]
 
 
-Hook = Callable[[TrainState, StepStats, bool], None]
+def hook_due(hook: Hook, step: int, last: bool) -> bool:
+    """Whether ``hook`` acts after step ``step``: its ``due`` method, else every step."""
+    due = getattr(hook, "due", None)
+    return True if due is None else bool(due(step, last))
 
 
-class MetricsLog:
-    """The run's log: every ``every`` steps (and at the last step) the mean loss, mean gradient
-    norm, learning rate and images/s since the previous entry, on the progress bar, as one JSON
-    line of ``<run>/metrics.jsonl`` and as TensorBoard scalars in ``<run>/tensorboard/``
-    (``train/loss``, ``train/grad_norm``, ``train/lr``, ``train/images_per_s``).
-
-    ``losses`` holds ``(step, mean loss)``. On resume (``initial`` > 0) lines and TensorBoard
-    events after ``initial`` (written after the checkpoint, by a run that was then killed) are
-    dropped, since the resumed run recomputes those steps exactly. ``workdir=None`` (ranks other
-    than 0) writes nothing.
-    """
-
-    def __init__(
-        self,
-        every: int,
-        workdir: Path | None,
-        *,
-        progress: bool,
-        total: int,
-        initial: int,
-        tensorboard: bool = True,
-    ) -> None:
-        self.every = every
-        self.losses: list[tuple[int, float]] = []
-        self._sums = {"loss": 0.0, "grad_norm": 0.0, "examples": 0.0, "seconds": 0.0}
-        self._count = 0
-        self._bar = tqdm(total=total, initial=initial, desc="training", disable=not progress)
-        self._path = Path(workdir) / METRICS_NAME if workdir is not None else None
-        self._writer = None
-        if self._path is not None:
-            _drop_lines_after(self._path, initial)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(
-                    str(Path(workdir) / TENSORBOARD_DIR), purge_step=initial + 1
-                )
-
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        self._sums["loss"] += stats.loss
-        self._sums["grad_norm"] += stats.grad_norm
-        self._sums["examples"] += stats.examples
-        self._sums["seconds"] += stats.seconds
-        self._count += 1
-        self._bar.update(1)
-        if state.step % self.every and not last:
-            return
-        n = self._count
-        line = {
-            "step": state.step,
-            "loss": self._sums["loss"] / n,
-            "grad_norm": self._sums["grad_norm"] / n,
-            "lr": stats.lr,
-            "images_per_s": self._sums["examples"] / max(self._sums["seconds"], 1e-12),
-        }
-        self._sums = dict.fromkeys(self._sums, 0.0)
-        self._count = 0
-        self.losses.append((state.step, line["loss"]))
-        self._bar.set_postfix(loss=f"{line['loss']:.4f}")
-        if self._path is not None:
-            with self._path.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-        if self._writer is not None:
-            for key in ("loss", "grad_norm", "lr", "images_per_s"):
-                self._writer.add_scalar(f"train/{key}", line[key], state.step)
-            self._writer.flush()
-
-    def close(self) -> None:
-        self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+def runs_on_all_ranks(hook: Hook) -> bool:
+    """Whether ``hook`` runs on every rank (sharing its work), else on rank 0 alone."""
+    return bool(getattr(hook, "all_ranks", False))
 
 
-def _drop_lines_after(path: Path, step: int) -> None:
-    """Keep only the JSON lines of ``path`` with ``"step" <= step`` (rewritten atomically)."""
-    if not path.exists():
+def build_hooks(
+    cfg: Config,
+    sde: SDE,
+    kind: str,
+    workdir: Path,
+    world: World,
+    checkpointer: Checkpointer,
+    extra: Sequence[Hook],
+) -> list[Hook]:
+    """The run's hooks, the same list on every rank (each knows where it runs): checkpoints,
+    sample grids, evaluations (``kind``: the objective's, ``"score"`` or ``"classifier"``),
+    then the caller's own."""
+    tc = cfg.train
+    found: list[Hook] = [checkpointer]
+    if tc.sample_every:
+        found.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde, world=world))
+    if tc.eval_every:
+        evaluation = ClassifierEvaluation if kind == "classifier" else Evaluation
+        found.append(evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde, world=world))
+    return found + list(extra)
+
+
+def run_hooks(
+    hooks: Sequence[Hook],
+    state: TrainState,
+    stats: StepStats | None,
+    last: bool,
+    world: World,
+) -> None:
+    """Every hook where it runs; then, if a rank-0 hook acted, every rank waits at the
+    host-side barrier (no timeout before rank 0 is done) before the next step's collectives."""
+    fenced = False
+    for hook in hooks:
+        if runs_on_all_ranks(hook):
+            hook(state, stats, last)
+            continue
+        if world.is_main:
+            hook(state, stats, last)
+        fenced = fenced or hook_due(hook, state.step, last)
+    if fenced:
+        distributed.barrier()
+
+
+def record_precision_change(log: MetricsLog, checkpoint: Path, cfg: Config, step: int) -> None:
+    """A ``metrics.jsonl`` event when a resumed run changes ``train.tf32`` or ``train.bf16``."""
+    if not checkpoint.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(line + "\n" for line in kept))
+    old = checkpoint_config(checkpoint).get("train", {})
+    now = {"tf32": cfg.train.tf32, "bf16": cfg.train.bf16}
+    before = {key: old.get(key, False) for key in now}
+    if before != now:
+        log.event(step, "precision", **now, previous=before)
 
 
 class Checkpointer:
@@ -156,7 +129,14 @@ class Checkpointer:
         self.cfg, self.every, self.snapshot_every = cfg, every, snapshot_every
         self.saved_step: int | None = None
 
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
+    all_ranks = False
+
+    def due(self, step: int, last: bool) -> bool:
+        """A checkpoint or a snapshot is written after ``step``."""
+        saved = last or bool(self.every and step % self.every == 0)
+        return saved or bool(self.snapshot_every and step % self.snapshot_every == 0)
+
+    def __call__(self, state: TrainState, stats: StepStats | None, last: bool) -> None:
         saved = last or (self.every and state.step % self.every == 0)
         if saved:
             self.save(state)
@@ -185,10 +165,16 @@ class Checkpointer:
         return written
 
 
-def _ema_run(cfg: Config, sde: SDE, state: TrainState) -> TrainedModel:
-    """The EMA model of ``state`` as a :class:`~scoresde.runs.TrainedModel` (no copy)."""
+def _ema_run(
+    cfg: Config, sde: SDE, state: TrainState, compiled: dict | None = None
+) -> TrainedModel:
+    """The EMA model of ``state`` as a :class:`~scoresde.runs.TrainedModel` (no copy);
+    ``compiled`` keeps its ``torch.compile`` (``sample.compile``) from one call to the next."""
     device = next(state.model.parameters()).device
-    return TrainedModel(cfg, sde, state.ema.shadow, device, state.step)
+    run = TrainedModel(cfg, sde, state.ema.shadow, device, state.step)
+    if compiled is not None:
+        run.compiled_cache = compiled
+    return run
 
 
 class SampleGrid:
@@ -196,49 +182,92 @@ class SampleGrid:
     ``.npy``): a visual check of a long run. Uses the config's sampler and the per-sample
     streams ``(seed, i)`` of ``scoresde sample`` (:func:`scoresde.runs.generate`), so sample
     ``i`` of every grid starts from the same noise, and nothing is drawn from the training
-    streams. A label-conditional model draws class ``i mod K`` for sample ``i``."""
+    streams. A label-conditional model draws class ``i mod K`` for sample ``i``.
+
+    Every rank draws a contiguous share of the indices; rank 0 gathers and writes them. The
+    samples are those of one process, except with samplers that couple a batch (the batch-mean
+    ``langevin`` corrector, the adaptive ODE solver's shared steps)."""
+
+    all_ranks = True
 
     def __init__(
-        self, every: int, folder: Path, cfg: Config, sde: SDE, *, num_samples: int = 64
+        self,
+        every: int,
+        folder: Path,
+        cfg: Config,
+        sde: SDE,
+        *,
+        num_samples: int = 64,
+        world: World | None = None,
     ) -> None:
         self.every, self.folder, self.cfg, self.sde = every, Path(folder), cfg, sde
         self.num_samples = min(num_samples, cfg.sample.num_samples)
+        self.world = world or World(0, 1, torch.device("cpu"))
+        self._compiled: dict = {}  # the EMA network compiled once (sample.compile)
         sampler_config(cfg.sample)  # a bad sampler fails before training starts
 
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        if state.step % self.every:
+    def due(self, step: int, last: bool) -> bool:
+        return step % self.every == 0
+
+    def __call__(self, state: TrainState, stats: StepStats | None, last: bool) -> None:
+        if not self.due(state.step, last):
+            return
+        n, world = self.num_samples, self.world
+        per_rank = -(-n // world.size)
+        first = min(world.rank * per_rank, n)
+        count = min(per_rank, n - first)
+        classes = self.cfg.model.num_classes
+        part = np.zeros((0, *data_shape(self.cfg.data)), dtype=np.float32)
+        if count > 0:
+            labels = torch.arange(first, first + count) % classes if classes else None
+            run = _ema_run(self.cfg, self.sde, state, self._compiled)
+            # A grid is a look at the run, not a verdict on it: non-finite samples are kept
+            # (a NaN in training itself stops the run at the vote).
+            x, _ = generate(run, count, seed=self.cfg.seed, labels=labels, first_index=first,
+                            check_finite_samples=False)
+            part = x.numpy()
+        parts = distributed.gather_objects(part)
+        if not world.is_main:
             return
         from scoresde.viz import save_image_grid, save_scatter
 
-        classes = self.cfg.model.num_classes
-        labels = torch.arange(self.num_samples) % classes if classes else None
-        run = _ema_run(self.cfg, self.sde, state)
-        x, _ = generate(run, self.num_samples, seed=self.cfg.seed, labels=labels)
+        samples = torch.from_numpy(np.concatenate(parts))
         self.folder.mkdir(parents=True, exist_ok=True)
         name = self.folder / f"step_{state.step:07d}"
-        np.save(name.with_suffix(".npy"), x.numpy())
+        np.save(name.with_suffix(".npy"), samples.numpy())
         if is_image_data(self.cfg.data):
-            save_image_grid(x, name.with_suffix(".png"), nrow=8)
+            save_image_grid(samples, name.with_suffix(".png"), nrow=8)
         else:
-            save_scatter(x, name.with_suffix(".png"), title=f"step {state.step}")
+            save_scatter(samples, name.with_suffix(".png"), title=f"step {state.step}")
 
 
 class _PeriodicEvaluation:
-    """Every ``every`` steps, ``measure(state)`` of the EMA weights appended as one JSON line
-    ``{"step": N, ...}`` to ``path``; ``results`` keeps the lines of this call. Measurements
-    draw from streams of the config's seed and the step, never from the training streams."""
+    """Every ``every`` steps, ``measure(state)`` of the EMA weights appended by rank 0 as one
+    JSON line ``{"step": N, ...}`` to ``path``; ``results`` keeps the lines of this call.
+    Measurements draw from streams of the config's seed and the step, never from the training
+    streams."""
 
-    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
+    all_ranks = False
+
+    def __init__(
+        self, every: int, path: Path, cfg: Config, sde: SDE, *, world: World | None = None
+    ) -> None:
         self.every, self.path, self.cfg, self.sde = every, Path(path), cfg, sde
+        self.world = world or World(0, 1, torch.device("cpu"))
         self.results: list[dict] = []
+
+    def due(self, step: int, last: bool) -> bool:
+        return step % self.every == 0
 
     def measure(self, state: TrainState) -> dict:
         raise NotImplementedError
 
-    def __call__(self, state: TrainState, stats: StepStats, last: bool) -> None:
-        if state.step % self.every:
+    def __call__(self, state: TrainState, stats: StepStats | None, last: bool) -> None:
+        if not self.due(state.step, last):
             return
         line = {"step": state.step, **self.measure(state)}
+        if not self.world.is_main:
+            return
         self.results.append(line)
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
@@ -247,28 +276,43 @@ class _PeriodicEvaluation:
 class Evaluation(_PeriodicEvaluation):
     """Every ``every`` steps, the test-split negative log-likelihood of the EMA model (bits/dim
     for images, nats for vectors; ``eval.*`` settings, e.g. ``eval.num_examples``), appended as
-    one JSON line ``{"step": N, "bpd" | "nll_nats": value, "nfe": ...}`` to ``path``.
+    one JSON line ``{"step": N, "bpd" | "nll_nats": value, "stderr", "nfe", "num_examples"}``
+    to ``path``.
 
-    It uses its own generator (seeded by the config's seed and the step), so it draws nothing
-    from the training streams; ``results`` keeps the lines of this call.
+    Every rank scores the examples ``i`` with ``i mod W`` its rank
+    (:func:`scoresde.evaluation.split_likelihood.likelihood_on_ranks`), each from its own
+    stream of the config's seed and the step, so it draws nothing from the training streams and
+    the values do not depend on the number of ranks (up to the adaptive solver's tolerance,
+    whose steps depend on the batch); ``results`` keeps the lines of this call.
     """
 
-    def __init__(self, every: int, path: Path, cfg: Config, sde: SDE) -> None:
-        super().__init__(every, path, cfg, sde)
+    all_ranks = True
+
+    def __init__(
+        self, every: int, path: Path, cfg: Config, sde: SDE, *, world: World | None = None
+    ) -> None:
+        super().__init__(every, path, cfg, sde, world=world)
         self.data = load_split(cfg.data, "test", limit=cfg.eval.num_examples)
 
     def measure(self, state: TrainState) -> dict:
         run = _ema_run(self.cfg, self.sde, state)
-        result = evaluate_likelihood(run, self.data, seed=derive_seed(self.cfg.seed, state.step))
-        result.pop("per_example")
-        return result
+        seed = derive_seed(self.cfg.seed, state.step)
+        found = likelihood_on_ranks(run, self.data, self.world, seed=seed)
+        key = "bpd" if is_image_data(self.cfg.data) else "nll_nats"
+        return {
+            key: found["mean"],
+            "stderr": found["stderr"],
+            "nfe": found["nfe"],
+            "num_examples": found["num_examples"],
+        }
 
 
 class ClassifierEvaluation(_PeriodicEvaluation):
     """Every ``every`` steps, the test-split accuracy of the EMA classifier against noise level
     (:func:`scoresde.runs.classifier_accuracy` on the first ``eval.num_examples`` examples),
     appended as one JSON line ``{"step": N, "times": [...], "accuracy": [...], ...}`` to
-    ``path``; its draws come from streams of the config's seed and the step."""
+    ``path``; its draws come from streams of the config's seed and the step. It runs on rank 0
+    (one perturbation stream over the whole split) while the other ranks wait at the fence."""
 
     def measure(self, state: TrainState) -> dict:
         device = next(state.model.parameters()).device

@@ -4,11 +4,13 @@ A run lives in one folder: ``config.json`` (the resolved config), ``checkpoint.s
 (weights, EMA, optimiser and step: the rolling preemption checkpoint), ``snapshots/``,
 ``metrics.jsonl`` and ``tensorboard/``. Running the same command again resumes it bit-exactly;
 a run folder is never reused for another config (:mod:`scoresde.training.resume`). Ctrl-C or SIGTERM
-saves a checkpoint at the next step boundary and raises :class:`TrainingInterruptedError`; a
-NaN or infinite loss raises :class:`NonFiniteLossError` and saves nothing. The same function
-runs one process or every process of a ``torchrun`` job (:mod:`scoresde.distributed`). The
-state and its step live in :mod:`scoresde.training.state`, logging, checkpoints and sample
-grids in :mod:`scoresde.training.hooks`; this module is the loop around them.
+saves a checkpoint at the next vote of the ranks and raises :class:`TrainingInterruptedError`;
+a NaN or infinite loss raises :class:`NonFiniteLossError` and saves nothing after it. The same
+function runs one process or every process of a ``torchrun`` job (:mod:`scoresde.distributed`).
+The state and its step live in :mod:`scoresde.training.state`, the step statistics kept on the
+device until a vote in :mod:`scoresde.training.step_window`, the log in
+:mod:`scoresde.training.metrics_log`, checkpoints, sample grids and evaluations in
+:mod:`scoresde.training.hooks`; this module is the loop around them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from scoresde.build import build_model, build_sde
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config import Config
 from scoresde.config_io import save_config
-from scoresde.data.pipeline import Batch, to_model_scale, train_batches
+from scoresde.data.feeding import device_batches
+from scoresde.data.pipeline import Batch, to_model_scale
 from scoresde.rundir import (
     CONFIG_NAME,
 )
@@ -39,13 +42,13 @@ from scoresde.seeding import BatchRows, derive_seed, stream
 from scoresde.training.ema import EMA
 from scoresde.training.hooks import (
     Checkpointer,
-    ClassifierEvaluation,
-    Evaluation,
     Hook,
-    MetricsLog,
-    SampleGrid,
-    StepStats,
+    build_hooks,
+    hook_due,
+    record_precision_change,
+    run_hooks,
 )
+from scoresde.training.metrics_log import MetricsLog, StepStats
 from scoresde.training.objectives import Objective, build_objective
 from scoresde.training.optim import make_optimizer
 from scoresde.training.performance import prepare_network, tf32, to_memory_format
@@ -56,7 +59,9 @@ from scoresde.training.state import (
     TrainState,
     batch_layout,
     train_step,
+    warmup_lr,
 )
+from scoresde.training.step_window import StepWindow, resolve_sync_every, vote_due
 
 
 @dataclass
@@ -80,11 +85,17 @@ class TrainResult:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite; the run stopped without saving."""
+    """The loss or the gradient norm became NaN or infinite; the run stopped without saving.
 
-    def __init__(self, step: int, loss: float, grad_norm: float, checkpointer: Checkpointer):
-        self.step = step
+    ``step`` is the step whose loss or gradient norm was not finite; the ranks found it at their
+    vote after step ``detected_at`` (``train.sync_every``), before any checkpoint.
+    """
+
+    def __init__(self, stats: StepStats, detected_at: int, checkpointer: Checkpointer):
+        self.step, self.detected_at = stats.step, detected_at
+        loss, grad_norm = stats.loss, stats.grad_norm
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        found = f" (found at the vote after step {detected_at})" * (detected_at != stats.step)
         saved = checkpointer.saved_step
         kept = (
             f"the last good checkpoint (step {saved}) is {checkpointer.path}"
@@ -92,8 +103,8 @@ class NonFiniteLossError(RuntimeError):
             else "no checkpoint was written"
         )
         super().__init__(
-            f"training stopped: {what} at step {step}; {kept}; try a lower train.lr, "
-            "train.grad_clip or train.warmup longer"
+            f"training stopped: {what} at step {stats.step}{found}; {kept}; try a lower "
+            "train.lr, train.grad_clip or train.warmup longer"
         )
 
 
@@ -138,11 +149,19 @@ def train(
     devices, speed switches); any other difference is refused before any work. ``overwrite``
     discards an existing run instead.
 
-    The loop itself only draws batches and calls :func:`train_step`; logging (progress bar,
-    ``metrics.jsonl``, TensorBoard), checkpoints (every ``train.checkpoint_every`` steps, at the
-    end and on a signal; snapshots every ``train.snapshot_every``), periodic sample grids
-    (``train.sample_every``), test likelihoods (``train.eval_every``, to ``eval.jsonl``) and
-    the caller's own ``hooks`` run on rank 0 after each step (:mod:`scoresde.training.hooks`).
+    The loop itself only draws batches (on the device, one ahead:
+    :func:`scoresde.data.feeding.device_batches`) and calls :func:`train_step`. The step's
+    loss and gradient norm stay on the device; every ``train.sync_every`` steps (0: 10 on
+    CUDA, 1 on the CPU) and before every log line and hook the ranks vote: one collective and
+    one host read (:class:`~scoresde.training.step_window.StepWindow`) that also decide a stop
+    (signal, time cap, non-finite loss). Logging (progress bar, ``metrics.jsonl``,
+    TensorBoard), checkpoints (every ``train.checkpoint_every`` steps, at the end and on a
+    signal; snapshots every ``train.snapshot_every``), periodic sample grids
+    (``train.sample_every``) and test likelihoods (``train.eval_every``, to ``eval.jsonl``)
+    follow (:mod:`scoresde.training.hooks`: the grids and likelihoods shared out over the
+    ranks, checkpoints on rank 0 with the others at a barrier that does not time out); the
+    caller's own ``hooks`` run on rank 0 after every step, with ``stats`` ``None`` between
+    votes.
 
     Raises:
         OutputExistsError: ``workdir`` is a file, or holds another run (or a run and not
@@ -153,9 +172,9 @@ def train(
             after the last finite step.
     """
     workdir = Path(workdir)
-    world = distributed.setup(cfg.device)
-    device = world.device
     tc = cfg.train
+    world = distributed.setup(cfg.device, timeout_minutes=tc.dist_timeout_minutes)
+    device = world.device
     layout = batch_layout(tc, rank=world.rank, world_size=world.size)
     resuming = check_resume(workdir, cfg, resume=resume, overwrite=overwrite)
     if not resuming and tc.steps == 0:
@@ -183,13 +202,14 @@ def train(
             first_step,
         )
 
-    batches = train_batches(
+    batches = device_batches(
         cfg.data,
         tc.batch_size,
         seed=derive_seed(cfg.seed, "data"),
         start=state.step,  # the data position: one batch per step
         with_labels=objective.uses_labels,
         rows=layout.rank_rows,
+        device=device,
     )
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     log = MetricsLog(
@@ -200,59 +220,50 @@ def train(
         initial=state.step,
         tensorboard=tc.tensorboard,
     )
-    all_hooks: list[Hook] = [log]
+    hooks_all = build_hooks(cfg, sde, objective.kind, workdir, world, checkpointer, hooks)
     if world.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
+        if resuming:
+            record_precision_change(log, checkpointer.path, cfg, state.step)
         save_config(cfg, workdir / CONFIG_NAME)
         if overwrite:
             checkpointer.path.unlink(missing_ok=True)
-        all_hooks.append(checkpointer)
-        if tc.sample_every:
-            all_hooks.append(SampleGrid(tc.sample_every, workdir / "samples", cfg, sde))
-        if tc.eval_every:
-            evaluation = ClassifierEvaluation if objective.kind == "classifier" else Evaluation
-            all_hooks.append(evaluation(tc.eval_every, workdir / "eval.jsonl", cfg, sde))
-        all_hooks += list(hooks)
+    distributed.barrier()  # rank 0's set-up (folder, logs) is done before the first collective
 
+    sync_every = resolve_sync_every(tc, device)
+    window = StepWindow(sync_every, device, world.size)
     stopped_by = "steps"
     start = time.perf_counter()
+    log.start_clock()
     try:
         with _stop_signals() as stop, tf32(tc.tf32):
             state.model.train()
             while state.step < tc.steps:
-                tick = time.perf_counter()
-                rank_batch = next(batches).to(device)
+                rank_batch = next(batches)  # on the device, the next one on its way
                 micro = micro_batches(cfg, layout, rank_batch, state.step, device)
+                lr = warmup_lr(state.step, tc.lr, tc.warmup)
                 loss, grad_norm = train_step(state, micro, objective.loss, tc)
-                timed_out = bool(tc.minutes) and tick - start > 60 * tc.minutes
-                votes = torch.stack(
-                    [
-                        loss.float() / world.size,
-                        grad_norm.float() / world.size,
-                        torch.tensor(float(bool(stop)), device=device),
-                        torch.tensor(float(timed_out), device=device),
-                    ]
-                )
-                loss_value, norm_value, signalled, capped = distributed.all_reduce_sum(
-                    votes
-                ).tolist()
-                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                    raise NonFiniteLossError(state.step, loss_value, norm_value, checkpointer)
-                if capped:
-                    stopped_by = "time cap"
-                # Stop on the ranks' common vote, never on a signal that arrived after this
-                # rank voted: every rank leaves at the same step.
-                stopping = signalled > 0
-                stats = StepStats(
-                    loss=loss_value,
-                    grad_norm=norm_value,
-                    lr=state.optimizer.param_groups[0]["lr"],
-                    examples=tc.batch_size,
-                    seconds=time.perf_counter() - tick,
-                )
-                last = state.step == tc.steps or stopped_by != "steps" or stopping
-                for hook in all_hooks:
-                    hook(state, stats, last)
+                step = state.step
+                window.add(step, loss, grad_norm, lr=lr, examples=tc.batch_size)
+                log.step_done()
+                final = step == tc.steps
+                hook_acts = any(hook_due(h, step, final) for h in hooks_all if hasattr(h, "due"))
+                stats, last, stopping = None, final, False
+                if vote_due(step, sync_every=sync_every, log_every=tc.log_every, final=final,
+                            hook_due=hook_acts):
+                    timed_out = bool(tc.minutes) and time.perf_counter() - start > 60 * tc.minutes
+                    vote = window.vote(stop=bool(stop), time_up=timed_out)
+                    if vote.nonfinite is not None:
+                        raise NonFiniteLossError(vote.nonfinite, step, checkpointer)
+                    if vote.time_up:
+                        stopped_by = "time cap"
+                    # Stop on the ranks' common vote, never on a signal that arrived after
+                    # this rank voted: every rank leaves at the same step.
+                    stopping = vote.stop
+                    last = final or vote.time_up or stopping
+                    log.record(vote.stats, last)
+                    stats = vote.stats[-1]
+                run_hooks(hooks_all, state, stats, last, world)
                 if stopping:
                     distributed.barrier()  # rank 0 has saved before anyone exits
                     signum = stop[0] if stop else signal.SIGTERM  # signalled rank: its own
@@ -341,7 +352,7 @@ def create_state(
 
 @contextmanager
 def _stop_signals() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a request to stop at the next step boundary.
+    """Turn SIGINT/SIGTERM into a request to stop at the ranks' next vote.
 
     Yields a list that receives the signal number; a second signal interrupts at once
     (``KeyboardInterrupt``). Outside the main thread signals cannot be caught and nothing
