@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from scoresde.config import Config, ConfigError
+from scoresde.config_rules import sample_for_method
 from scoresde.rundir import atomic_write
 
 
 def _convert(value: str, typ: Any, key: str) -> Any:
-    """Parse the string ``value`` as the declared field type ``typ``."""
+    """Parse the string ``value`` as the declared field type ``typ`` (floats must be finite)."""
     try:
         if typ is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -27,15 +29,21 @@ def _convert(value: str, typ: Any, key: str) -> Any:
                 return False
             raise ValueError(value)
         if typ in (int, float, str):
-            return typ(value)
-        if typing.get_origin(typ) is tuple:
+            parsed = typ(value)
+        elif typing.get_origin(typ) is tuple:
             item = typing.get_args(typ)[0]
             parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
-            return tuple(item(p.strip()) for p in parts)
+            parsed = tuple(item(p.strip()) for p in parts)
+        else:
+            raise ConfigError(f"{key}: unsupported field type {typ}")
+    except ConfigError:
+        raise
     except ValueError:
         name = getattr(typ, "__name__", str(typ))
         raise ConfigError(f"{key}: cannot parse {value!r} as {name}") from None
-    raise ConfigError(f"{key}: unsupported field type {typ}")
+    if typ is float and not math.isfinite(parsed):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return parsed
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -50,7 +58,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     :class:`ConfigError` with a one-line message. All overrides of a section are applied
     together (the last value of a key wins), so checks that relate two fields (e.g.
     ``train.importance_sampling`` needs ``train.likelihood_weighting``) see the final values
-    whatever the order on the command line.
+    whatever the order on the command line. ``sample.method=NAME`` naming another sampler
+    brings that sampler's own ``num_steps`` and ``grid``
+    (:func:`scoresde.config_rules.sample_for_method`) unless they are set too.
     """
     changes: dict[str, dict[str, Any]] = {}
     for item in overrides:
@@ -65,8 +75,17 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         else:
             raise ConfigError(f"unknown config key {key!r}")
         changes.setdefault(section, {})[name] = _converted(obj, name, value, key)
-    sections = {k: replace(getattr(cfg, k), **v) for k, v in changes.items() if k}
+    sections = {k: replace(_base(cfg, k, v), **v) for k, v in changes.items() if k}
     return replace(cfg, **changes.get("", {}), **sections)
+
+
+def _base(cfg: Config, section: str, changes: dict[str, Any]) -> Any:
+    """The section the ``changes`` apply to: for a new ``sample.method``, that sampler's own
+    step count and grid first."""
+    base = getattr(cfg, section)
+    if section == "sample" and "method" in changes:
+        return sample_for_method(base, changes["method"])
+    return base
 
 
 def _converted(obj: Any, name: str, value: str, key: str) -> Any:
@@ -121,8 +140,25 @@ def load_config(path: str | Path) -> Config:
     """Read a JSON config written by :func:`save_config` (clear one-line errors)."""
     path = Path(path)
     try:
-        return config_from_dict(json.loads(path.read_text()))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder; give its config.json") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config {path} is not a JSON text file (a binary file such as a checkpoint?); "
+            "give a config.json"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {path}: {' '.join(str(e).split())}") from None

@@ -87,6 +87,9 @@ def run_demo(
 
     A folder that holds a finished demo (``report.json``) is refused unless ``overwrite``; an
     interrupted demo with the same config is resumed (:func:`scoresde.training.loop.train`).
+    Samples with NaN or infinite values raise
+    :class:`scoresde.finite.NonFiniteSamplesError` before any sample, picture or report is
+    written (the checkpoint stays: the same command resumes there).
     """
     out = check_output_dir(out, ["report.json"], overwrite=overwrite, what="a finished demo")
     start = time.perf_counter()
@@ -96,9 +99,11 @@ def run_demo(
     # Unconditional samples: PC sampler, probability-flow ODE and a fast sampler, from the same
     # noise seed.
     pc, pc_info = generate(run, 64, method="pc", seed=cfg.seed, progress=progress)
-    ode, ode_info = generate(run, 64, method="ode", seed=cfg.seed)
+    ode, ode_info = generate(run, 64, method="ode", seed=cfg.seed, progress=progress)
     fast_method, fast_options = FAST_SAMPLER
-    fast, fast_info = generate(run, 64, method=fast_method, seed=cfg.seed, **fast_options)
+    fast, fast_info = generate(
+        run, 64, method=fast_method, seed=cfg.seed, progress=progress, **fast_options
+    )
     samples = {"pc": pc, "ode": ode, "fast": fast}
     for name, images in samples.items():
         np.save(out / f"samples_{name}.npy", images[:, 0].numpy())

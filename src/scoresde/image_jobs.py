@@ -8,6 +8,7 @@ handled here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,13 @@ import torch
 from torch import Tensor
 
 from scoresde.build import sampler_config
-from scoresde.data.pipeline import from_model_scale, is_image_data, to_model_scale
+from scoresde.config import Config
+from scoresde.config_rules import sample_for_method
+from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data, to_model_scale
+from scoresde.finite import check_finite
 from scoresde.inverse import inpaint
-from scoresde.runs import TrainedModel
+from scoresde.runs import TrainedModel, TrainedRun
+from scoresde.sampling.ode import TimeProgress
 from scoresde.seeding import SampleStreams
 
 
@@ -35,8 +40,10 @@ def inpaint_images(
 ) -> Tensor:
     """Complete ``images`` (data scale) where ``mask == 0`` with the unconditional model.
 
-    ``method`` is a sampler that can project (``"pc"``); image ``k`` draws from the stream
-    ``(seed, k)``. ``overrides`` replace fields of ``run.cfg.sample``.
+    ``method`` is a sampler that can project (``"pc"``), with its own step count unless
+    ``overrides`` (fields of ``run.cfg.sample``) set it; image ``k`` draws from the stream
+    ``(seed, k)``. Raises :class:`scoresde.finite.NonFiniteSamplesError` for NaN or infinite
+    results.
     """
     mask = mask.to(run.device)
 
@@ -59,11 +66,12 @@ def _solve_inverse(
     **options)`` on ``images`` in model scale (not dequantized), with the sampler of
     ``run.cfg.sample`` and ``overrides``, image ``k`` drawing from the stream ``(seed, k)``;
     back in data scale."""
-    sc = replace(run.cfg.sample, **overrides)
-    method, options = sampler_config(sc, method)
+    sc = replace(sample_for_method(run.cfg.sample, method), **overrides)
+    method, options = sampler_config(sc)
     streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
     y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
     out = solve(y, method=method, generator=streams, progress=progress, **options)
+    check_finite(out, run.model, what="images", method=method)
     return from_model_scale(out, run.cfg.data).cpu()
 
 
@@ -83,13 +91,15 @@ def _latent_options(run: TrainedModel, overrides: dict[str, Any]) -> tuple[dict[
 
 @torch.no_grad()
 def encode_images(
-    run: TrainedModel, images: Tensor, **overrides: Any
+    run: TrainedModel, images: Tensor, *, progress: bool = False, **overrides: Any
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Encode ``images`` (data scale, ``(N, *shape)``) to latents with the probability-flow ODE
     and decode them again (:mod:`scoresde.latent`), in batches of ``sample.batch_size``.
 
     The solver uses ``sample.eps``, ``sample.ode_rtol`` and ``sample.ode_atol``; ``overrides``
     replace fields of ``run.cfg.sample``. Images enter the model's scale without dequantization.
+    ``progress`` shows the solves in integration time. NaN or infinite latents raise
+    :class:`scoresde.finite.NonFiniteSamplesError`.
 
     Returns:
         ``(latents (N, *shape), decoded (N, *shape) in data scale, info)`` with
@@ -101,14 +111,21 @@ def encode_images(
     opts, batch_size = _latent_options(run, overrides)
     data_cfg = replace(run.cfg.data, dequantize=False)
     latents, decoded, info = [], [], {"nfe_encode": 0, "nfe_decode": 0}
-    for start in range(0, images.shape[0], batch_size):
-        x = to_model_scale(images[start : start + batch_size].to(run.device), data_cfg)
-        z, nfe_encode = encode(run.sde, run.score_fn, x, **opts)
-        y, nfe_decode = decode(run.sde, run.score_fn, z, **opts)
-        info["nfe_encode"] = max(info["nfe_encode"], nfe_encode)
-        info["nfe_decode"] = max(info["nfe_decode"], nfe_decode)
-        latents.append(z.cpu())
-        decoded.append(from_model_scale(y, run.cfg.data).cpu())
+    parts = -(-images.shape[0] // batch_size)
+    with (
+        TimeProgress(opts["eps"], run.sde.T, desc="encode", enabled=progress, parts=parts) as up,
+        TimeProgress(run.sde.T, opts["eps"], desc="decode", enabled=progress, parts=parts) as down,
+    ):
+        for start in range(0, images.shape[0], batch_size):
+            x = to_model_scale(images[start : start + batch_size].to(run.device), data_cfg)
+            z, nfe_encode = encode(run.sde, run.score_fn, x, progress=up, **opts)
+            check_finite(z, run.model, what="latents", method="ode", first_index=start)
+            y, nfe_decode = decode(run.sde, run.score_fn, z, progress=down, **opts)
+            check_finite(y, run.model, what="images", method="ode", first_index=start)
+            latents.append(z.cpu())
+            decoded.append(from_model_scale(y, run.cfg.data).cpu())
+            info["nfe_encode"] = max(info["nfe_encode"], nfe_encode)
+            info["nfe_decode"] = max(info["nfe_decode"], nfe_decode)
     decoded_all = torch.cat(decoded)
     info["roundtrip_max_abs_error"] = float((decoded_all - images.cpu()).abs().max())
     return torch.cat(latents), decoded_all, info
@@ -116,7 +133,8 @@ def encode_images(
 
 @torch.no_grad()
 def interpolate_images(
-    run: TrainedModel, first: Tensor, second: Tensor, num: int = 8, **overrides: Any
+    run: TrainedModel, first: Tensor, second: Tensor, num: int = 8, *, progress: bool = False,
+    **overrides: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """``num`` frames from image ``first`` to image ``second`` (data scale, ``shape`` each)
     through the spherical interpolation of their latents (:func:`scoresde.latent.interpolate`).
@@ -130,7 +148,8 @@ def interpolate_images(
     data_cfg = replace(run.cfg.data, dequantize=False)
     x0 = to_model_scale(first.to(run.device), data_cfg)
     x1 = to_model_scale(second.to(run.device), data_cfg)
-    frames, info = interpolate(run.sde, run.score_fn, x0, x1, num, **opts)
+    frames, info = interpolate(run.sde, run.score_fn, x0, x1, num, progress=progress, **opts)
+    check_finite(frames, run.model, what="frames", method="ode")
     summary = {
         "nfe_encode": info["nfe_encode"],
         "nfe_decode": info["nfe_decode"],
@@ -145,7 +164,8 @@ def read_user_images(path: str | Path) -> Tensor:
     files are divided by 255), with at least one example.
 
     Raises:
-        ValueError: a one-line message naming ``path`` (missing, unreadable, wrong shape).
+        ValueError: a one-line message naming ``path`` (missing, unreadable, wrong shape, NaN
+            or infinite values).
     """
     import zipfile
 
@@ -189,26 +209,50 @@ def read_user_images(path: str | Path) -> Tensor:
         )
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.astype(np.float32) / 255)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"images {path}: expected a numeric array, got dtype {arr.dtype}")
-    return torch.from_numpy(arr.astype(np.float32))
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"images {path}: expected a real numeric array, got dtype {arr.dtype}")
+    values = arr.astype(np.float32)
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"images {path}: {bad} of {values.size} values are NaN or infinite (in float32); "
+            "give finite values in [0, 1]"
+        )
+    return torch.from_numpy(values)
 
 
-def images_for_model(images: Tensor, run: TrainedModel, path: Path | str) -> Tensor:
-    """``images`` (from :func:`read_user_images` of ``path``) in the run's example shape:
-    ``(N, H, W)`` gains the channel axis, RGB becomes grey (the channel mean) for a one-channel
-    model; images must lie in ``[0, 1]``. Raises ``ValueError`` (one line) otherwise."""
-    shape = tuple(run.shape)
+def images_for_model(
+    images: Tensor,
+    model: TrainedRun | Config,
+    path: Path | str,
+    *,
+    note: Callable[[str], None] | None = None,
+) -> Tensor:
+    """``images`` (from :func:`read_user_images` of ``path``) in the example shape of ``model``
+    (a trained run, or just its config: nothing needs the network): ``(N, H, W)`` gains the
+    channel axis; for a one-channel model, three channels become grey (their mean): silently
+    when they are equal (a grey image stored as RGB, as image files are read), else saying so
+    through ``note(message)`` (the command line writes it on stderr). Images must lie in
+    ``[0, 1]``. Raises ``ValueError`` (one line) otherwise."""
+    cfg = model if isinstance(model, Config) else model.cfg
+    shape = tuple(data_shape(cfg.data))
     if images.ndim == 3 and len(shape) == 3 and shape[0] == 1:
         images = images[:, None]
     if images.ndim == 4 and images.shape[1] == 3 and shape[:1] == (1,):
+        grey = torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+        colour = not grey
+        if colour and note is not None:
+            note(
+                f"images {path} are in colour (3 channels) and the model takes 1: converted "
+                "to grey (the mean of the channels)"
+            )
         images = images.mean(dim=1, keepdim=True)
     if tuple(images.shape[1:]) != shape:
         raise ValueError(
             f"images {path} hold examples of shape {tuple(images.shape[1:])}; the model "
             f"takes {shape}"
         )
-    if is_image_data(run.cfg.data) and (images.min() < 0 or images.max() > 1):
+    if is_image_data(cfg.data) and (images.min() < 0 or images.max() > 1):
         raise ValueError(f"images {path}: expected values in [0, 1] (data scale)")
     return images
 

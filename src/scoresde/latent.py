@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scoresde.sampling.ode import solve_probability_flow
+from scoresde.sampling.ode import TimeProgress, solve_probability_flow
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 
@@ -40,6 +40,7 @@ def encode(
     atol: float = 1e-5,
     method: str = "dopri5",
     num_steps: int | None = None,
+    progress: bool | TimeProgress = False,
 ) -> tuple[Tensor, int]:
     """The latent code of ``x``: the probability-flow ODE solved from ``eps`` to ``T``.
 
@@ -49,12 +50,14 @@ def encode(
         rtol, atol: tolerances of the adaptive solver.
         method, num_steps: a torchdiffeq method; fixed-step ones (``"euler"``, ``"midpoint"``,
             ``"rk4"``, ``"heun3"``) need ``num_steps``.
+        progress: a bar in integration time (:class:`scoresde.sampling.ode.TimeProgress`).
 
     Returns:
         ``(z (B, ...), nfe)``: the latents and the number of score evaluations.
     """
     return solve_probability_flow(
-        sde, score_fn, x, eps, sde.T, rtol=rtol, atol=atol, method=method, num_steps=num_steps
+        sde, score_fn, x, eps, sde.T, rtol=rtol, atol=atol, method=method, num_steps=num_steps,
+        progress="encode" if progress is True else progress,
     )
 
 
@@ -68,6 +71,7 @@ def decode(
     atol: float = 1e-5,
     method: str = "dopri5",
     num_steps: int | None = None,
+    progress: bool | TimeProgress = False,
 ) -> tuple[Tensor, int]:
     """The data of latents ``z``: the probability-flow ODE solved from ``T`` back to ``eps``.
 
@@ -76,14 +80,16 @@ def decode(
 
     Args:
         z: latents ``(B, ...)`` (e.g. from :func:`encode` or the prior).
-        eps, rtol, atol, method, num_steps: see :func:`encode`.
+        eps, rtol, atol, method, num_steps, progress: see :func:`encode`.
 
     Returns:
         ``(x (B, ...), nfe)`` in the model's scale.
     """
     return solve_probability_flow(
-        sde, score_fn, z, sde.T, eps, rtol=rtol, atol=atol, method=method, num_steps=num_steps
+        sde, score_fn, z, sde.T, eps, rtol=rtol, atol=atol, method=method, num_steps=num_steps,
+        progress="decode" if progress is True else progress,
     )
+
 
 
 def slerp(z0: Tensor, z1: Tensor, alphas: Tensor) -> Tensor:
@@ -141,8 +147,8 @@ def interpolate(
     Args:
         x0, x1: one example each, shape ``(...)`` in the model's scale.
         num: the number of frames, ``>= 2``.
-        ode: ``eps``, ``rtol``, ``atol``, ``method``, ``num_steps`` of :func:`encode` and
-            :func:`decode`.
+        ode: ``eps``, ``rtol``, ``atol``, ``method``, ``num_steps``, ``progress`` of
+            :func:`encode` and :func:`decode`.
 
     Returns:
         ``(frames (num, ...), info)`` with ``info["latents"]`` ``(2, ...)``, ``info["alphas"]``

@@ -18,7 +18,7 @@ from torchdiffeq import odeint
 
 from scoresde._tensor import NoiseSource, batch_time, flat_sum, randn
 from scoresde.data.transforms import uniform_dequantize
-from scoresde.sampling.ode import FIXED_STEP_METHODS, solver_options
+from scoresde.sampling.ode import FIXED_STEP_METHODS, TimeProgress, solver_options
 from scoresde.sampling.scaled import GRIDS, check_grid
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, probability_flow_drift
@@ -96,6 +96,7 @@ def log_likelihood(
     error_norm: str = "per-part",
     grid: str = "uniform",
     rho: float = 7.0,
+    progress: bool | TimeProgress = False,
 ) -> tuple[Tensor, Tensor, int]:
     """Log-density of ``x`` under the model's probability-flow ODE.
 
@@ -120,6 +121,9 @@ def log_likelihood(
             ``"uniform"`` (equal steps in ``t``), ``"log_snr"`` (equal steps in the log-SNR) or
             ``"edm"`` (noise levels spaced with exponent ``rho``); ignored by the adaptive
             methods. Accuracy per cost of each choice: ``docs/likelihood_cost.md``.
+        progress: a bar in integration time from ``eps`` to ``T`` with the NFE
+            (:class:`scoresde.sampling.ode.TimeProgress`; pass one to share it between
+            batches: it moves to its next part when this solve ends).
 
     Returns:
         ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats, the ODE's endpoint ``z = x(T)`` like
@@ -143,10 +147,16 @@ def log_likelihood(
             raise ValueError(f"rho must be > 0, got {rho}")
     probe = _probe(x, trace, generator)
     nfe = 0
+    bar = progress if isinstance(progress, TimeProgress) else None
+    own = bar is None and bool(progress)
+    if own:
+        bar = TimeProgress(eps, sde.T, desc="likelihood")
 
     def augmented(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
+        if bar is not None:
+            bar.update(t)
         with torch.enable_grad():
             x_t = state[0].detach().requires_grad_(True)
             drift = probability_flow_drift(sde, score_fn, x_t, batch_time(t, x_t))
@@ -161,9 +171,15 @@ def log_likelihood(
             options["grid_constructor"] = _forward_grid(sde, grid, num_steps, eps, rho)
     elif error_norm in _NORMS:
         options["norm"] = _NORMS[error_norm]
-    solution = odeint(
-        augmented, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options
-    )
+    try:
+        solution = odeint(
+            augmented, (x, delta0), ts, rtol=rtol, atol=atol, method=method, options=options
+        )
+    finally:
+        if own:
+            bar.close()
+    if bar is not None and not own:
+        bar.next_part()
     z, delta = solution[0][-1], solution[1][-1]
     return sde.prior_logp(z) + delta, z, nfe
 
@@ -209,8 +225,8 @@ def dequantized_bpd(
     """Dequantize quantised data ``x`` in ``[0, 1]``, scale it and return ``(bpd (B,), nfe)``.
 
     ``likelihood_kwargs`` go to :func:`log_likelihood` (``rtol``, ``atol``, ``trace``, ``eps``,
-    ``method``, ``error_norm``, and ``num_steps``, ``grid``, ``rho`` for a fixed-step
-    ``method``).
+    ``method``, ``error_norm``, ``progress``, and ``num_steps``, ``grid``, ``rho`` for a
+    fixed-step ``method``).
     """
     u = uniform_dequantize(x, levels=levels, generator=generator)
     y = 2 * u - 1 if centered else u

@@ -1,7 +1,9 @@
 """The ``scoresde`` command: thin shells over the library's public functions.
 
-Errors the user can fix print one line and exit with status 2; set ``SCORESDE_DEBUG=1`` to see
-the full traceback instead. :mod:`scoresde.cli.parser` holds the arguments,
+Errors the user can fix print one line and exit with status 2, checked before any work; a job
+whose result is not finite (NaN or infinite samples, a NaN loss) prints one line and exits
+with status 1 without writing its outputs. Set ``SCORESDE_DEBUG=1`` to see the full traceback
+instead. :mod:`scoresde.cli.parser` holds the arguments,
 :mod:`scoresde.cli.commands` and :mod:`scoresde.cli.image_commands` the subcommands.
 """
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from scoresde import distributed
     from scoresde.checkpoint import CheckpointError
+    from scoresde.finite import NonFiniteSamplesError
     from scoresde.training.loop import NonFiniteLossError, TrainingInterruptedError
 
     try:
@@ -35,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + e.signum
     except NonFiniteLossError as e:
         print(f"scoresde {args.command}: {e}", file=sys.stderr)
+        return 1
+    except NonFiniteSamplesError as e:
+        if os.environ.get("SCORESDE_DEBUG"):
+            raise
+        print(f"scoresde {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `scoresde presets | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

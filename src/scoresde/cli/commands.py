@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from scoresde.cli.checks import check_data, check_out, header_run, run_config
 from scoresde.cli.options import (
     check_count,
     class_list,
@@ -22,6 +23,8 @@ from scoresde.cli.outputs import save_array
 
 GRID_ROW = 16
 """The most samples of one class that ``scoresde sample --class`` shows in a row of its grid."""
+DEMO_REPORT = "report.json"
+"""The file that marks a finished demo: ``demo`` and ``train`` refuse its folder."""
 
 
 def _report_training(command: str, stopped_by: str, steps: int) -> None:
@@ -41,7 +44,6 @@ def _report_training(command: str, stopped_by: str, steps: int) -> None:
 
 def _cmd_demo(a) -> int:
     from scoresde.demo import demo_config, run_demo
-    from scoresde.rundir import check_output_dir
 
     if a.steps is not None:
         check_count("--steps", a.steps, 1)
@@ -53,7 +55,8 @@ def _cmd_demo(a) -> int:
         device=a.device or "auto",
         overrides=a.overrides,
     )
-    check_output_dir(a.out, ["report.json"], overwrite=a.overwrite, what="a finished demo")
+    check_out(a.out, [DEMO_REPORT], overwrite=a.overwrite, what="a finished demo")
+    check_data(cfg, ["train", "test"])
     set_threads_for_training(a, cfg)
     report = run_demo(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     print(json.dumps(report, indent=2))
@@ -89,14 +92,23 @@ def _training_config(a, *, classifier: bool):
 
 
 def _train(a, cfg, command: str):
-    """Check the labels and the run folder, then train; the result on rank 0, else ``None``."""
+    """Check the labels, the run folder (a finished demo is refused unless ``--overwrite``,
+    which then drops its report) and the data, then choose the threads and train; the result
+    on rank 0, else ``None``."""
+    import contextlib
+
     from scoresde import distributed
     from scoresde.training.loop import train
     from scoresde.training.objectives import check_labels
     from scoresde.training.resume import check_resume
 
     check_labels(cfg)
+    check_out(a.out, [DEMO_REPORT], overwrite=a.overwrite, what="a finished demo")
     check_resume(a.out, cfg, overwrite=a.overwrite)
+    check_data(cfg, ["train", "test"] if cfg.train.eval_every else ["train"])
+    if a.overwrite:  # the demo's report would describe another model
+        with contextlib.suppress(FileNotFoundError):
+            (a.out / DEMO_REPORT).unlink()
     set_threads_for_training(a, cfg)
     result = train(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
     if distributed.current()[0] != 0:
@@ -145,7 +157,7 @@ def _cmd_sample(a) -> int:
 
     from scoresde.conditioning import check_conditioning
     from scoresde.config_io import save_config
-    from scoresde.rundir import check_output_dir
+    from scoresde.config_rules import sample_for_method
     from scoresde.runs import generate_classes, load_classifier, load_trained
     from scoresde.sampling import check_sampler
     from scoresde.viz import save_image_grid, save_scatter
@@ -158,14 +170,18 @@ def _cmd_sample(a) -> int:
     if a.classes is None and (a.guidance is not None or a.classifier is not None):
         raise ValueError("--guidance and --classifier need --class K")
     outputs = ["samples.npy", "labels.npy", "samples.png", "config.json"]
-    check_output_dir(a.out, outputs, overwrite=a.overwrite, what="samples")
-    run = load_trained(a.checkpoint, device=a.device or "auto")
-    classifier = load_classifier(a.classifier, device=str(run.device)) if a.classifier else None
-    classes = class_list(a.classes, run, classifier)
+    check_out(a.out, outputs, overwrite=a.overwrite, what="samples")
+    cfg = run_config(a.checkpoint)
+    opts = overrides(cfg, a.overrides, "sample")
+    # The conditioning is checked on the configs (no network yet), then loaded.
+    header = header_run(cfg)
+    classifier = header_run(run_config(a.classifier, classifier=True)) if a.classifier else None
+    classes = class_list(a.classes, header, classifier)
     guidance = 1.0 if a.guidance is None else a.guidance
     labels = torch.tensor(classes) if classes is not None else None
-    check_conditioning(run, labels, guidance, classifier)
-    opts = overrides(run.cfg, a.overrides, "sample")
+    check_conditioning(header, labels, guidance, classifier)
+    run = load_trained(a.checkpoint, device=a.device or "auto")
+    classifier = load_classifier(a.classifier, device=str(run.device)) if a.classifier else None
     method = opts.pop("method", None)
     method = a.method or method
     batch_size = opts.pop("batch_size", run.cfg.sample.batch_size)
@@ -186,7 +202,7 @@ def _cmd_sample(a) -> int:
         **opts,
     )
     used = replace(
-        run.cfg.sample,
+        sample_for_method(run.cfg.sample, info["method"]),
         **opts,
         method=info["method"],
         batch_size=batch_size,
@@ -223,8 +239,10 @@ def _cmd_likelihood(a) -> int:
     from scoresde.runs import evaluate_bound, evaluate_likelihood, load_trained
 
     check_count("--num-examples", a.num_examples, 0)
+    cfg = run_config(a.checkpoint)
+    opts = overrides(cfg, a.overrides, "eval")
+    check_data(cfg, [a.split])
     run = load_trained(a.checkpoint, device=a.device or "auto")
-    opts = overrides(run.cfg, a.overrides, "eval")
     if a.num_examples:
         opts["num_examples"] = a.num_examples
     data = load_split(run.cfg.data, a.split)
@@ -257,6 +275,7 @@ def _cmd_convert(a) -> int:
 
     if a.preset and a.official_config:
         raise ValueError("give --preset or --official-config, not both")
+    check_out(a.out, overwrite=True)  # can be created; convert_official checks the rest
     result = convert_official(
         a.src,
         a.out,
@@ -283,7 +302,6 @@ def _cmd_evaluate(a) -> int:
     from scoresde.config import ConfigError
     from scoresde.config_io import apply_overrides
     from scoresde.evaluation.evaluate import OUTPUTS, check_evaluation, evaluate
-    from scoresde.rundir import check_output_dir
     from scoresde.runs import load_trained
     from scoresde.sampling import check_sampler
 
@@ -295,12 +313,16 @@ def _cmd_evaluate(a) -> int:
     for item in a.overrides:
         if not item.startswith(("sample.", "eval.", "data.root=")):
             raise ConfigError(f"only sample.*, eval.* and data.root can be set here, got {item!r}")
-    check_output_dir(a.out, list(OUTPUTS), overwrite=a.overwrite, what="an evaluation")
+    check_out(a.out, list(OUTPUTS), overwrite=a.overwrite, what="an evaluation")
+    extra = [f"eval.num_samples={a.num_samples}"] if a.num_samples is not None else []
+    extra += [f"sample.method={a.method}"] if a.method is not None else []
+    cfg = run_config(a.checkpoint, [*a.overrides, *extra])
+    check_evaluation(cfg)
+    if {"bpd", "bound"} & set(cfg.eval.metrics):
+        check_data(cfg, [cfg.eval.bpd_split])
     world = distributed.setup(a.device or "auto")
     run = load_trained(a.checkpoint, device=str(world.device))
-    extra = [f"eval.num_samples={a.num_samples}"] if a.num_samples is not None else []
     run = replace(run, cfg=apply_overrides(run.cfg, [*a.overrides, *extra]))
-    check_evaluation(run.cfg)
     batch_size = a.batch_size or run.cfg.sample.batch_size
     tune_batch = min(batch_size, run.cfg.eval.num_samples)
     set_threads(a, run.device, lambda: run.score_fn, run.shape, tune_batch, backward=False)
@@ -308,7 +330,6 @@ def _cmd_evaluate(a) -> int:
         run,
         a.out,
         checkpoint=a.checkpoint,
-        method=a.method,
         seed=a.seed,
         batch_size=a.batch_size,
         world=world,

@@ -19,11 +19,19 @@ def overrides(run_cfg, items: list[str], section: str) -> dict:
     }
 
 
+TUNE_CALL_SECONDS = 0.25
+"""The thread count is timed only for a workload whose one call takes under this long on one
+thread (the small networks where threads can cost more than they give); a larger one keeps
+all threads, so the choice costs a second or two at most."""
+
+
 def set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: bool) -> None:
     """Decide the CPU thread count once for the whole command: ``--threads N``, or for N = 0
     the faster of 1 and all threads on one call of the command's main workload
-    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it). Under
-    ``torchrun`` N = 0 keeps the per-process count torchrun sets (``OMP_NUM_THREADS``)."""
+    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it) when that call
+    is small (:data:`TUNE_CALL_SECONDS` on one thread, measured on growing batches up to
+    ``batch_size``), else all threads. Under ``torchrun`` N = 0 keeps the per-process count
+    torchrun sets (``OMP_NUM_THREADS``). Commands call it after all their checks."""
     import torch
 
     from scoresde.distributed import launched_by_torchrun
@@ -31,8 +39,42 @@ def set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: b
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    elif device.type == "cpu" and not launched_by_torchrun():
-        tune_for_score_fn(make_score_fn(), shape, batch_size, device, backward=backward)
+        return
+    if device.type != "cpu" or launched_by_torchrun():
+        return
+    score_fn = make_score_fn()
+    if _small_workload(score_fn, shape, batch_size, device, backward=backward):
+        tune_for_score_fn(score_fn, shape, batch_size, device, backward=backward)
+
+
+def _small_workload(score_fn, shape, batch_size: int, device, *, backward: bool) -> bool:
+    """Whether one call at ``batch_size`` takes under :data:`TUNE_CALL_SECONDS` on one thread,
+    timed on batches 1, 4, 16, ... up to it and stopped at the first slower call."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        size, warm = 1, False
+        while True:
+            x = torch.zeros(min(size, batch_size), *shape, device=device)
+            t = torch.full((x.shape[0],), 0.5, device=device)
+            for _ in range(1 if warm else 2):  # the first call of all is a warm-up
+                start = time.perf_counter()
+                with torch.enable_grad() if backward else torch.no_grad():
+                    out = score_fn(x.requires_grad_(backward), t)
+                    if backward:
+                        out.square().mean().backward()
+                if time.perf_counter() - start > TUNE_CALL_SECONDS:
+                    return False
+            warm = True
+            if size >= batch_size:
+                return True
+            size *= 4
+    finally:
+        torch.set_num_threads(threads)
 
 
 def set_threads_for_training(a, cfg) -> None:
