@@ -42,12 +42,12 @@ def main() -> None:
     pc_nfe = a.steps * 2 + 1
     ratios: dict[str, list[float]] = {"pc": [], "ode": []}
     with torch.no_grad():
-        nfe = scoresde.ode_sample(sde, score_fn, x)[1]
+        nfe = scoresde.sample(sde, score_fn, x, method="ode")[1]["nfe"]
         for _ in range(a.rounds):
             unit = forward()
             ratios["pc"].append(median_seconds(pc, repeats=1, warmup=0) / (pc_nfe * unit))
             unit = forward()
-            ode = median_seconds(lambda: scoresde.ode_sample(sde, score_fn, x), repeats=1,
+            ode = median_seconds(lambda: scoresde.sample(sde, score_fn, x, method="ode"), repeats=1,
                                  warmup=0)
             ratios["ode"].append(ode / (nfe * unit))
         unit = forward()

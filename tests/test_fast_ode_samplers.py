@@ -17,14 +17,17 @@ from scoresde.build import sampler_config
 from scoresde.cli import main
 from scoresde.config import ConfigError, SampleConfig
 from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import GRIDS, check_sampler, edm_time_grid, log_snr_time_grid
-from scoresde.sampling.fast_ode import (
+from scoresde.sampling import (
+    GRIDS,
+    check_sampler,
     ddim_sampler,
     dpmpp_2m_sampler,
     dpmpp_3m_sampler,
+    edm_time_grid,
     heun_sampler,
-    multistep_orders,
+    log_snr_time_grid,
 )
+from scoresde.sampling.fast_ode import multistep_orders
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -61,7 +61,7 @@ def test_callbacks_see_every_step():
     calls = []
     _, info = scoresde.sample(sde, score_fn, x_T, method="ode", rtol=1e-3, atol=1e-3,
                               callback=lambda i, t, x: calls.append(i))
-    assert calls == list(range(info["nfe"] - 1))  # every solver evaluation (not the denoising)
+    assert calls == list(range(info["nfe"]))  # every solver evaluation, then the denoised x
 
 
 def test_projection_is_applied_after_every_pc_step():

@@ -117,10 +117,15 @@ def test_the_sdes_hold_no_network_conventions():
 
 @dataclass(frozen=True)
 class _LinearVE(SDE):
-    """A variance-exploding SDE that is none of the package's classes: ``s(t) = 2 t``."""
+    """A variance-exploding SDE that is none of the package's classes: ``s(t) = 2 t``, so
+    ``dx = sqrt(8 t) dw``; its family's networks output the score, conditioned on sigma."""
 
     N: int = 10
     T: float = 1.0
+    network_convention = ("score", "sigma")
+
+    def sde(self, x, t):
+        return torch.zeros_like(x), torch.sqrt(8 * t)
 
     def marginal_coeffs(self, t):
         return torch.ones_like(t), 2 * t
@@ -128,16 +133,19 @@ class _LinearVE(SDE):
 
 @dataclass(frozen=True)
 class _ScaledVP(SDE):
-    """Not variance exploding: ``m(t) = exp(-t)``, ``s(t) = t``."""
+    """Not variance exploding: ``m(t) = exp(-t)``, ``s(t) = t``; the default convention."""
 
     N: int = 10
     T: float = 1.0
+
+    def sde(self, x, t):  # d(s^2)/dt - 2 (d log m / dt) s^2 = 2 t + 2 t^2
+        return -x, torch.sqrt(2 * t + 2 * t**2)
 
     def marginal_coeffs(self, t):
         return torch.exp(-t), t
 
 
-def test_defaults_come_from_the_mean_coefficient_not_the_class():
+def test_defaults_come_from_the_sde_familys_convention():
     t = torch.tensor([0.25, 0.5], dtype=F64)
     ve = ScoreModel(Recorder(), _LinearVE())
     assert (ve.parametrization, ve.labels) == ("score", "sigma")

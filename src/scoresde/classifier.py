@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from scoresde._tensor import NoiseSource, append_dims, rand, randn_like
-from scoresde.score import COMPUTE_DTYPES
+from scoresde._tensor import NoiseSource, append_dims, randn_like
+from scoresde.score import call_in_precision, check_compute_dtype
 
 if TYPE_CHECKING:
     from scoresde.sdes import SDE
@@ -56,10 +56,7 @@ class NoiseClassifier(nn.Module):
         compute_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"unsupported compute_dtype {compute_dtype}; choose None or one of {COMPUTE_DTYPES}"
-            )
+        check_compute_dtype(compute_dtype)
         self.net = net
         self.sde = sde
         self.compute_dtype = compute_dtype
@@ -74,20 +71,14 @@ class NoiseClassifier(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits ``(B, K)`` of ``p_t(y | x)``."""
         inputs, sigma = self.network_inputs(x, t)
-        if self.compute_dtype is None:
-            return self.net(inputs, sigma)
-        with torch.autocast(device_type=x.device.type, dtype=self.compute_dtype):
-            logits = self.net(inputs, sigma)
-        return logits.to(torch.promote_types(x.dtype, torch.float32))
+        return call_in_precision(self.net, self.compute_dtype, inputs, sigma)
 
 
 def perturb(
     sde: SDE, x0: Tensor, t: Tensor, generator: NoiseSource = None
 ) -> Tensor:
     """A draw of ``x(t) ~ p_0t(x(t) | x0) = N(m(t) x0, s(t)^2 I)``, shaped like ``x0``."""
-    mean_coeff, std = sde.marginal_coeffs(t)
-    z = randn_like(x0, generator)
-    return append_dims(mean_coeff, x0.ndim) * x0 + append_dims(std, x0.ndim) * z
+    return sde.perturb(x0, t, randn_like(x0, generator))
 
 
 def classifier_loss(
@@ -111,8 +102,7 @@ def classifier_loss(
         t: optional times ``(B,)``.
     """
     if t is None:
-        t = rand((x0.shape[0],), generator, device=x0.device, dtype=x0.dtype)
-        t = t * (sde.T - eps) + eps
+        t = sde.sample_times(x0.shape[0], generator, eps=eps, device=x0.device, dtype=x0.dtype)
     logits = log_prob_fn(perturb(sde, x0, t, generator), t)
     return F.cross_entropy(logits.float(), labels, reduction="none")
 

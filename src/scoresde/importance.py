@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from scoresde._tensor import NoiseSource, rand
+from scoresde.sde_base import interp_monotone
 from scoresde.sdes import SDE
 
 Primitive = Callable[[Tensor], Tensor]
@@ -56,17 +57,11 @@ def _tabulated(sde: SDE, eps: float, num_points: int) -> tuple[Primitive, Primit
     steps = 0.5 * (integrand[1:] + integrand[:-1]) * (tau[1:] - tau[:-1])
     cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
 
-    def interp(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-        xs, ys = xs.to(x.device, x.dtype), ys.to(x.device, x.dtype)
-        i = torch.searchsorted(xs, x.contiguous()).clamp(1, xs.numel() - 1)
-        w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-        return ys[i - 1] + w.clamp(0.0, 1.0) * (ys[i] - ys[i - 1])
-
     def primitive(t_: Tensor) -> Tensor:
-        return interp(torch.log(t_), tau, cum)
+        return interp_monotone(torch.log(t_), tau, cum)
 
     def inverse(f: Tensor) -> Tensor:
-        return torch.exp(interp(f, cum, tau))
+        return torch.exp(interp_monotone(f, cum, tau))
 
     return primitive, inverse
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, randn_like
+from scoresde._tensor import randn_like
 from scoresde.sampling.api import sample
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
@@ -77,8 +77,7 @@ def perturb_measurement(
     """
     if t is None:
         return y
-    mean, std = sde.marginal_prob(y, t)
-    return mean + append_dims(std, y.ndim) * randn_like(y, generator)
+    return sde.perturb(y, t, randn_like(y, generator))
 
 
 def project_known(

@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from scoresde._tensor import NoiseSource, append_dims, flat_sum, rand, randn_like
+from scoresde._tensor import NoiseSource, append_dims, flat_sum, randn_like
 from scoresde.data.transforms import uniform_dequantize
 from scoresde.importance import likelihood_ratio, time_proposal
 from scoresde.likelihood import bits_per_dim
@@ -89,12 +89,11 @@ def score_term(
             t = proposal.sample(shape, generator, device=x.device, dtype=x.dtype)
             weight = torch.full_like(t, proposal.normalizer)
         else:
-            t = rand(shape, generator, device=x.device, dtype=x.dtype) * (sde.T - eps) + eps
+            t = sde.sample_times(shape[0], generator, eps=eps, device=x.device, dtype=x.dtype)
             weight = (sde.T - eps) * likelihood_ratio(sde, t)
         z = randn_like(x, generator)
-        mean_coeff, std = sde.marginal_coeffs(t)
-        s = append_dims(std, x.ndim)
-        score = score_fn(append_dims(mean_coeff, x.ndim) * x + s * z, t)
+        s = append_dims(sde.marginal_coeffs(t)[1], x.ndim)
+        score = score_fn(sde.perturb(x, t, z), t)
         total = total + weight * (flat_sum((s * score + z) ** 2) - D)
     return 0.5 * total / num_times
 

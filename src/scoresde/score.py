@@ -12,19 +12,24 @@ function ``score_fn(x, t) -> score`` with ``x`` ``(B, ...)`` and ``t`` ``(B,)``.
 
   ===========  ==============================  ==========================================
   ``labels``   continuous time                 discrete time
-  ===========  ==============================  ==========================================
-  ``"sigma"``  ``s(t)`` (``sigma(t)`` for VE)  NCSN noise index ``round((T - t)(N - 1))``
-  ``"time"``   ``999 t``                       DDPM step index ``(N - 1) t``
-  ===========  ==============================  ==========================================
+  ===============  ==============================  ======================================
+  ``"sigma"``      ``s(t)`` (``sigma(t)`` for VE)  NCSN index ``round((T - t)(N - 1))``
+  ``"time"``       ``999 t``                       DDPM step index ``(N - 1) t``
+  ``"c_noise"``    EDM's ``ln(sigma(t)) / 4``      (none)
+  ===============  ==============================  ======================================
 
   (NCSN indexes its scales from the largest: index 0 at ``t = T``.) VE models (NCSN, NCSN++) use
-  ``"sigma"``, VP and sub-VP models (DDPM, DDPM++) ``"time"``;
+  ``"sigma"``, VP and sub-VP models (DDPM, DDPM++) ``"time"``, EDM-preconditioned ``"c_noise"``;
 - the output parametrization: ``"score"``, the output is the score (VE networks, with
   ``scale_by_sigma`` inside the network), or ``"eps"``, the output predicts the noise ``z`` of
   ``x_t = m(t) x_0 + s(t) z`` and ``score = -eps / s(t)``. The std ``s(t)`` is the marginal std of
   the SDE, except for a discrete-time ``"time"`` (DDPM) model, whose std is DDPM's
   ``sqrt(1 - alpha_bar_i)`` at ``i = round((N - 1) t)`` (the official code floors; rounding keeps
-  ``t_i = i / (N - 1)`` on index ``i`` exactly);
+  ``t_i = i / (N - 1)`` on index ``i`` exactly). Or ``"edm"``, EDM's preconditioning (Karras et
+  al., 2022, Table 1 and eq. 7) for any SDE, in the scaled state ``y = x / m(t)`` with noise level
+  ``sigma = s(t) / m(t)``: the network ``F`` is called on ``c_in y`` with labels ``c_noise``, the
+  denoiser is ``D(y; sigma) = c_skip y + c_out F = E[x_0 | x_t]`` and ``score = (m D - x) / s^2``
+  (coefficients: :func:`edm_coefficients`; continuous time only; ``docs/edm.md``);
 - optional conditioning (``model_kwargs``, e.g. class labels) passed to every network call;
 - mixed precision (``compute_dtype``).
 
@@ -32,11 +37,12 @@ The SDE only provides neutral quantities: its marginal coefficients ``m(t), s(t)
 and, for DDPM models, its table ``alphas_cumprod``. Where a convention is not given, it is derived
 from the SDE's mathematics: an SDE whose mean coefficient ``m(t)`` is identically one (variance
 exploding, VE) defaults to ``"score"`` and ``"sigma"``, every other SDE to ``"eps"`` and
-``"time"``.
+``"time"``; EDM's SDE (:class:`~scoresde.sdes.EDMSDE`) to ``"edm"`` and ``"c_noise"``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -56,17 +62,50 @@ __all__ = [
     "PARAMETRIZATIONS",
     "ScoreFn",
     "ScoreModel",
+    "edm_coefficients",
     "is_variance_exploding",
     "is_variance_preserving",
     "make_score_fn",
     "tweedie_denoise",
 ]
 
-PARAMETRIZATIONS = ("score", "eps")
-LABELS = ("sigma", "time")
+PARAMETRIZATIONS = ("score", "eps", "edm")
+LABELS = ("sigma", "time", "c_noise")
 COMPUTE_DTYPES = (torch.bfloat16, torch.float16)
 
 _PROBE_POINTS = 17
+
+
+def check_compute_dtype(compute_dtype: torch.dtype | None) -> None:
+    """Refuse a mixed-precision dtype other than ``None``, bfloat16 or float16 (one line)."""
+    if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"unsupported compute_dtype {compute_dtype}; choose None or one of {COMPUTE_DTYPES}"
+        )
+
+
+def call_in_precision(
+    net: Callable[..., Tensor], compute_dtype: torch.dtype | None, x: Tensor, *args, **kwargs
+) -> Tensor:
+    """``net(x, *args, **kwargs)``; with a ``compute_dtype``, under ``torch.autocast`` for
+    ``x``'s device in that dtype, the output cast back to ``x``'s dtype (at least float32): the
+    one mixed-precision call of :class:`ScoreModel` and
+    :class:`~scoresde.classifier.NoiseClassifier`."""
+    if compute_dtype is None:
+        return net(x, *args, **kwargs)
+    with torch.autocast(device_type=x.device.type, dtype=compute_dtype):
+        out = net(x, *args, **kwargs)
+    return out.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's preconditioning at noise levels ``sigma`` ``(B,)`` (Karras et al., 2022, Table 1):
+    ``(c_skip, c_out, c_in, c_noise)``, each ``(B,)``, with ``c_skip = sd^2 / (sigma^2 + sd^2)``,
+    ``c_out = sigma sd / sqrt(sigma^2 + sd^2)``, ``c_in = 1 / sqrt(sigma^2 + sd^2)``,
+    ``c_noise = ln(sigma) / 4`` (``sd = sigma_data``)."""
+    c_in = torch.rsqrt(sigma**2 + sigma_data**2)
+    c_skip = sigma_data**2 * c_in**2
+    return c_skip, sigma * sigma_data * c_in, c_in, torch.log(sigma) / 4
 
 
 def _probe_coeffs(sde: SDE) -> tuple[Tensor, Tensor]:
@@ -104,11 +143,14 @@ class ScoreModel(nn.Module):
             ``(B,)``, returning a tensor shaped like ``x``; an ``nn.Module`` or any callable.
         sde: the SDE the network was trained with.
         continuous: whether the network was trained in continuous time.
-        parametrization: ``"score"`` or ``"eps"``; ``None``: ``"score"`` if the SDE is variance
-            exploding (:func:`is_variance_exploding`), else ``"eps"``.
-        labels: ``"sigma"`` or ``"time"``; ``None``: ``"sigma"`` if the SDE is variance
-            exploding, else ``"time"``. Discrete-time ``"time"`` (DDPM) models need a variance
-            preserving SDE with an ``alphas_cumprod`` table (so not sub-VP).
+        parametrization: ``"score"``, ``"eps"`` or ``"edm"``; ``None``: the SDE family's
+            (``sde.network_convention``: ``"score"`` for VE, ``"eps"`` for VP and sub-VP,
+            ``"edm"`` for EDM's SDE).
+        labels: ``"sigma"``, ``"time"`` or ``"c_noise"``; ``None``: ``"c_noise"`` for ``"edm"``,
+            else the SDE family's (``"sigma"`` for VE, ``"time"`` otherwise). Discrete-time
+            ``"time"`` (DDPM) models need a variance preserving SDE with an ``alphas_cumprod``
+            table (so not sub-VP). ``"edm"`` needs ``"c_noise"`` and continuous time.
+        sigma_data: EDM's data std ``sigma_d`` (> 0) of the ``"edm"`` parametrization.
         model_kwargs: keyword arguments for every network call, e.g. ``{"class_labels": y}``;
             a call's own keyword arguments are added to (and override) them.
         compute_dtype: ``None`` (default): the network runs as it is, in its own dtype, and its
@@ -118,8 +160,9 @@ class ScoreModel(nn.Module):
             conversion (division by the std, Tweedie), which is done outside autocast.
 
     Raises:
-        ValueError: an unknown parametrization, labels or compute dtype, or discrete DDPM labels
-            on an SDE that has no DDPM discretisation (e.g. sub-VP).
+        ValueError: an unknown parametrization, labels or compute dtype, discrete DDPM labels
+            on an SDE that has no DDPM discretisation (e.g. sub-VP), ``"edm"`` or ``"c_noise"``
+            in discrete time, ``"edm"`` with other labels, or ``sigma_data <= 0``.
     """
 
     def __init__(
@@ -132,22 +175,19 @@ class ScoreModel(nn.Module):
         labels: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         compute_dtype: torch.dtype | None = None,
+        sigma_data: float = 0.5,
     ) -> None:
         super().__init__()
-        if parametrization is None or labels is None:
-            ve = is_variance_exploding(sde)
-            parametrization = parametrization or ("score" if ve else "eps")
-            labels = labels or ("sigma" if ve else "time")
+        parametrization = parametrization or sde.network_convention[0]
+        labels = labels or _default_labels(sde, parametrization)
         if parametrization not in PARAMETRIZATIONS:
             raise ValueError(
                 f"unknown parametrization {parametrization!r}; choose from {PARAMETRIZATIONS}"
             )
         if labels not in LABELS:
             raise ValueError(f"unknown labels {labels!r}; choose from {LABELS}")
-        if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"unsupported compute_dtype {compute_dtype}; choose None or one of {COMPUTE_DTYPES}"
-            )
+        _check_edm(parametrization, labels, continuous, sigma_data)
+        check_compute_dtype(compute_dtype)
         self._ddpm_std: Tensor | None = None
         if not continuous and labels == "time":
             table = getattr(sde, "alphas_cumprod", None)
@@ -165,11 +205,13 @@ class ScoreModel(nn.Module):
         self.labels = labels
         self.model_kwargs = dict(model_kwargs or {})
         self.compute_dtype = compute_dtype
+        self.sigma_data = float(sigma_data)
 
     def extra_repr(self) -> str:
+        edm = f", sigma_data={self.sigma_data}" if self.parametrization == "edm" else ""
         return (
             f"sde={self.sde!r}, continuous={self.continuous}, "
-            f"parametrization={self.parametrization!r}, labels={self.labels!r}, "
+            f"parametrization={self.parametrization!r}, labels={self.labels!r}{edm}, "
             f"compute_dtype={self.compute_dtype}"
         )
 
@@ -182,9 +224,11 @@ class ScoreModel(nn.Module):
 
         ``"sigma"``: ``s(t)`` (continuous) or the NCSN index ``round((T - t)(N - 1))`` as long
         (discrete); ``"time"``: ``999 t`` (continuous) or the DDPM index ``(N - 1) t``
-        (discrete, in ``t``'s dtype).
+        (discrete, in ``t``'s dtype); ``"c_noise"``: ``ln(sigma(t)) / 4 = -log_snr(t) / 8``.
         """
         sde = self.sde
+        if self.labels == "c_noise":
+            return sde.log_snr(t) / -8
         if self.labels == "sigma":
             if self.continuous:
                 return sde.marginal_coeffs(t)[1]
@@ -212,18 +256,33 @@ class ScoreModel(nn.Module):
         """The raw network output ``(B, ...)`` at ``x`` ``(B, ...)``, ``t`` ``(B,)``.
 
         ``cond`` is added to ``model_kwargs``. With a ``compute_dtype`` the network runs under
-        autocast and the output is cast back to ``x``'s dtype (at least float32).
+        autocast and the output is cast back to ``x``'s dtype (at least float32). For ``"edm"``
+        this is ``F(c_in y; c_noise)`` with ``y = x / m(t)``, the network called on ``c_in y``.
         """
         kwargs = {**self.model_kwargs, **cond} if cond else self.model_kwargs
-        labels = self.network_labels(t)
-        if self.compute_dtype is None:
-            return self.net(x, labels, **kwargs)
-        with torch.autocast(device_type=x.device.type, dtype=self.compute_dtype):
-            out = self.net(x, labels, **kwargs)
-        return out.to(torch.promote_types(x.dtype, torch.float32))
+        if self.parametrization == "edm":
+            x = self._edm_scaled(x, t)[0] * append_dims(self._edm_coeffs(t)[2], x.ndim)
+        return call_in_precision(self.net, self.compute_dtype, x, self.network_labels(t), **kwargs)
+
+    def _edm_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return edm_coefficients(self.sde.sigma(t), self.sigma_data)
+
+    def _edm_scaled(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, sigma)``: the scaled state ``x / m(t)`` and ``sigma(t)`` ``(B,)``."""
+        return x / append_dims(self.sde.marginal_coeffs(t)[0], x.ndim), self.sde.sigma(t)
+
+    def _edm_eps(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """EDM's ``(y - D) / sigma = c_in (sigma c_in y - sd F)``, free of cancellation."""
+        out = self.network_output(x, t, **cond)
+        y, sigma = self._edm_scaled(x, t)
+        c_in = append_dims(self._edm_coeffs(t)[2], out.ndim)
+        return c_in * (append_dims(sigma, out.ndim) * c_in * y - self.sigma_data * out)
 
     def score(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        """The score ``grad_x log p_t(x)`` ``(B, ...)`` at ``x`` ``(B, ...)``, ``t`` ``(B,)``."""
+        """The score ``grad_x log p_t(x)`` ``(B, ...)`` at ``x`` ``(B, ...)``, ``t`` ``(B,)``;
+        for ``"edm"`` ``(m D - x) / s^2 = -eps / s`` with eps as :meth:`eps`."""
+        if self.parametrization == "edm":
+            return -self._edm_eps(x, t, **cond) / append_dims(self.std(t), x.ndim)
         out = self.network_output(x, t, **cond)
         if self.parametrization == "score":
             return out
@@ -234,7 +293,10 @@ class ScoreModel(nn.Module):
         return self.score(x, t, **cond)
 
     def eps(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        """The noise prediction ``eps = -s(t) score`` ``(B, ...)`` (``s`` as :meth:`std`)."""
+        """The noise prediction ``eps = -s(t) score`` ``(B, ...)`` (``s`` as :meth:`std`); for
+        ``"edm"`` ``(y - D) / sigma``, computed as ``c_in (sigma c_in y - sigma_d F)``."""
+        if self.parametrization == "edm":
+            return self._edm_eps(x, t, **cond)
         out = self.network_output(x, t, **cond)
         if self.parametrization == "eps":
             return out
@@ -243,8 +305,33 @@ class ScoreModel(nn.Module):
     def denoise(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
         """The posterior mean ``E[x_0 | x_t = x]`` ``(B, ...)`` by Tweedie's formula (appendix G):
         ``(x + s(t)^2 score(x, t)) / m(t)`` with the SDE's marginal coefficients; the same as
-        ``tweedie_denoise(sde, self, x, t)``."""
+        ``tweedie_denoise(sde, self, x, t)``. For ``"edm"`` EDM's ``D = c_skip y + c_out F``
+        itself (equal to Tweedie's to rounding)."""
+        if self.parametrization == "edm":
+            out = self.network_output(x, t, **cond)
+            c_skip, c_out = (append_dims(c, out.ndim) for c in self._edm_coeffs(t)[:2])
+            return c_skip * self._edm_scaled(x, t)[0] + c_out * out
         return tweedie_denoise(self.sde, lambda x_, t_: self.score(x_, t_, **cond), x, t)
+
+
+def _default_labels(sde: SDE, parametrization: str) -> str:
+    """``"c_noise"`` for ``"edm"``; else the family's labels, where a family whose networks
+    are EDM-preconditioned (EDM's SDE) gives ``"sigma"`` if VE, ``"time"`` otherwise."""
+    if parametrization == "edm":
+        return "c_noise"
+    family = sde.network_convention[1]
+    if family != "c_noise":
+        return family
+    return "sigma" if is_variance_exploding(sde) else "time"
+
+
+def _check_edm(parametrization: str, labels: str, continuous: bool, sigma_data: float) -> None:
+    if parametrization == "edm" and labels != "c_noise":
+        raise ValueError(f"the edm parametrization uses labels 'c_noise', not {labels!r}")
+    if not continuous and labels == "c_noise":
+        raise ValueError("the edm parametrization and c_noise labels need continuous=True")
+    if not (sigma_data > 0 and math.isfinite(sigma_data)):
+        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data}")
 
 
 def make_score_fn(
@@ -256,6 +343,7 @@ def make_score_fn(
     model_kwargs: dict[str, Any] | None = None,
     labels: str | None = None,
     compute_dtype: torch.dtype | None = None,
+    sigma_data: float = 0.5,
 ) -> ScoreModel:
     """Wrap ``model`` as a score function ``score_fn(x, t)`` for ``sde``: a :class:`ScoreModel`.
 
@@ -263,11 +351,12 @@ def make_score_fn(
         model: called as ``model(x, labels, **model_kwargs)`` and returning a tensor like ``x``.
         sde: the SDE the model was trained with; gives the labels and the std.
         continuous: whether the model was trained in continuous time.
-        parametrization: ``"score"`` or ``"eps"``; ``None``: ``"score"`` when the SDE's mean
-            coefficient is identically one (VE), ``"eps"`` otherwise (VP and sub-VP).
+        parametrization: ``"score"``, ``"eps"`` or ``"edm"``; ``None``: the SDE family's
+            (``"score"`` for VE, ``"eps"`` for VP and sub-VP, ``"edm"`` for EDM's SDE).
         model_kwargs: extra keyword arguments for every call, e.g. ``{"class_labels": y}``.
-        labels: ``"sigma"`` or ``"time"``; ``None``: ``"sigma"`` for VE, ``"time"`` otherwise.
+        labels: ``"sigma"``, ``"time"`` or ``"c_noise"``; ``None``: as :class:`ScoreModel`.
         compute_dtype: mixed precision for the network, see :class:`ScoreModel`.
+        sigma_data: EDM's ``sigma_d`` for ``"edm"``.
 
     Returns:
         ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
@@ -280,6 +369,7 @@ def make_score_fn(
         labels=labels,
         model_kwargs=model_kwargs,
         compute_dtype=compute_dtype,
+        sigma_data=sigma_data,
     )
 
 

@@ -19,8 +19,20 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, flat_sum, randn
+from scoresde._tensor import append_dims
 from scoresde._types import ScoreFn
+from scoresde.sde_base import SDE
+
+__all__ = [
+    "EDMSDE",
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "probability_flow_drift",
+    "reverse_discretize",
+    "reverse_sde",
+]
 
 
 def _index(t: Tensor, N: int, T: float) -> Tensor:
@@ -30,53 +42,6 @@ def _index(t: Tensor, N: int, T: float) -> Tensor:
 
 def _lookup(table: Tensor, idx: Tensor, like: Tensor) -> Tensor:
     return table.to(device=like.device)[idx.to(like.device)].to(like.dtype)
-
-
-class SDE:
-    """Shared behaviour of the paper's SDEs; subclasses give the closed forms.
-
-    Subclasses define ``T``, ``N``, ``sde``, ``marginal_coeffs``, ``prior_std``, ``discretize``
-    and ``langevin_alpha``: the SDE's own mathematics only. How a network is conditioned on time
-    and what it outputs are the network's conventions, held by :class:`scoresde.ScoreModel`
-    (which reads ``m(t)``, ``s(t)``, ``T``, ``N`` and, for DDPM models, ``alphas_cumprod``).
-
-    The paper's SDEs also give the noise schedule in the variables of the fast samplers, as closed
-    forms with their inverses: ``sigma(t) = s(t) / m(t)`` (the noise-to-signal ratio of EDM,
-    Karras et al., 2022) and ``t_from_sigma``, and the log-SNR
-    ``log_snr(t) = log(m^2 / s^2) = -2 log sigma(t)`` (DPM-Solver, Lu et al., 2022) and
-    ``t_from_log_snr``; all map ``(B,)`` to ``(B,)`` and keep dtype and device. Likewise
-    ``weight_integral(t)``, a primitive ``F`` of the likelihood weight ``g(t)^2 / s(t)^2``, and
-    ``t_from_weight_integral`` (the importance-sampling proposal of likelihood-weighted
-    training, :mod:`scoresde.importance`, inverts them; an SDE without them gets a tabulated
-    ``F``).
-    """
-
-    T: float = 1.0
-    N: int
-    prior_std: float = 1.0
-
-    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(m(t), s(t))`` of the perturbation kernel ``N(m(t) x_0, s(t)^2 I)``, each ``(B,)``."""
-        raise NotImplementedError
-
-    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean ``(B, ...)`` and std ``(B,)`` of ``p_0t(x_t | x_0)`` (appendix B)."""
-        mean_coeff, std = self.marginal_coeffs(t)
-        return append_dims(mean_coeff, x0.ndim) * x0, std
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        """``g(t)``, shape ``(B,)``."""
-        return self.sde(torch.zeros_like(t), t)[1]
-
-    def prior_sampling(self, shape, generator: torch.Generator | None = None, **kwargs) -> Tensor:
-        """Draw ``x_T ~ N(0, prior_std^2 I)`` of ``shape`` (``kwargs``: ``device``, ``dtype``)."""
-        return randn(tuple(shape), generator, **kwargs) * self.prior_std
-
-    def prior_logp(self, z: Tensor) -> Tensor:
-        """Log-density ``(B,)`` of ``z`` under the prior ``N(0, prior_std^2 I)``."""
-        D = z[0].numel()
-        var = self.prior_std**2
-        return -0.5 * D * math.log(2 * math.pi * var) - flat_sum(z**2) / (2 * var)
 
 
 @dataclass(frozen=True, eq=True)
@@ -91,6 +56,8 @@ class VESDE(SDE):
     sigma_max: float = 50.0
     N: int = 1000
     T: float = 1.0
+
+    network_convention = ("score", "sigma")
 
     @property
     def prior_std(self) -> float:  # type: ignore[override]
@@ -153,9 +120,69 @@ class VESDE(SDE):
             sigma, prev = self.sigma(t), self.sigma(t_next)
         return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
 
-    def langevin_alpha(self, t: Tensor) -> Tensor:
-        """The ``alpha_i`` of the Langevin step size (Algorithm 4): one for VE."""
-        return torch.ones_like(t)
+
+@dataclass(frozen=True, eq=True)
+class EDMSDE(SDE):
+    """EDM's SDE (Karras et al., 2022, eq. 4 and Table 1): VE with ``sigma(t) = s(t) = t``,
+    ``m = 1``, so ``dx = sqrt(2 t) dw`` and ``x_t = x_0 + t z``; time *is* the noise level.
+
+    ``T = sigma_max`` (80) and the prior is ``N(0, sigma_max^2 I)``. The SDE is exact down to
+    ``t = 0`` (``s(0) = 0``); ``sigma_min`` (0.002) is where EDM stops sampling, so pass
+    ``eps=sigma_min`` to the samplers and the likelihood (the package's ``sample.eps`` default
+    1e-3 would stop at ``sigma = 0.001``). Its networks use EDM's preconditioning by default
+    (``network_convention = ("edm", "c_noise")``, :class:`scoresde.ScoreModel`). ``N`` is PC's
+    default number of steps only: there is no discrete-time model.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    N: int = 1000
+
+    network_convention = ("edm", "c_noise")
+
+    @property
+    def T(self) -> float:  # type: ignore[override]  # noqa: N802 (the SDE's T)
+        return self.sigma_max
+
+    @property
+    def prior_std(self) -> float:  # type: ignore[override]
+        return self.sigma_max
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift ``0`` and diffusion ``g(t) = sqrt(d[t^2]/dt) = sqrt(2 t)``."""
+        return torch.zeros_like(x), torch.sqrt(2.0 * t)
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), t.clone()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t) = t``, ``(B,)`` (a copy)."""
+        return t.clone()
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """``t = sigma``, ``(B,)`` (a copy)."""
+        return sigma.clone()
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = -2 log t``, ``(B,)``."""
+        return -2.0 * torch.log(t)
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """``t = exp(-lambda / 2)``, ``(B,)``."""
+        return torch.exp(-0.5 * lam)
+
+    def weight_integral(self, t: Tensor) -> Tensor:
+        """``F(t) = 2 log t``: ``g^2 / s^2 = 2 / t``."""
+        return 2.0 * torch.log(t)
+
+    def t_from_weight_integral(self, f: Tensor) -> Tensor:
+        return torch.exp(0.5 * f)
+
+    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
+        """The exact VE step ``x_{i+1} = x_i + sqrt(t_{i+1}^2 - t_i^2) z`` as ``(f, G)``
+        (eq. 45), between ``t`` and ``t_next`` (default ``max(t - T / N, 0)``); ``G`` ``(B,)``."""
+        prev = (t - self.T / self.N).clamp(min=0.0) if t_next is None else t_next
+        return torch.zeros_like(x), torch.sqrt(t**2 - prev**2)
 
 
 @dataclass(frozen=True, eq=True)
@@ -314,12 +341,6 @@ class SubVPSDE(_BetaSchedule):
     def t_from_weight_integral(self, f: Tensor) -> Tensor:
         """``B = 2 asinh(e^{F / 2} / 2)``."""
         return self.t_from_log_mean_coeff(-torch.asinh(0.5 * torch.exp(0.5 * f)))
-
-    def discretize(self, x: Tensor, t: Tensor, t_next: Tensor | None = None):
-        """Euler-Maruyama ``f = drift dt``, ``G = g sqrt(dt)``, ``dt = T / N`` or ``t - t_next``."""
-        dt = torch.full_like(t, self.T / self.N) if t_next is None else t - t_next
-        drift, g = self.sde(x, t)
-        return drift * append_dims(dt, x.ndim), g * torch.sqrt(dt)
 
 
 def reverse_sde(

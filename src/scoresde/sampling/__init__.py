@@ -3,7 +3,18 @@ ODE samplers (DDIM, Heun, DPM-Solver++), EDM's stochastic sampler and the adapti
 solver, and the one interface over them (:func:`sample` and the
 :data:`SAMPLERS` table)."""
 
-from scoresde.sampling.api import SAMPLERS, check_sampler, sample, sampler_options
+from scoresde.sampling.api import (
+    SAMPLERS,
+    adaptive_sde_sampler,
+    check_sampler,
+    ddim_sampler,
+    dpmpp_2m_sampler,
+    dpmpp_3m_sampler,
+    edm_stochastic_sampler,
+    heun_sampler,
+    sample,
+    sampler_options,
+)
 from scoresde.sampling.correctors import (
     CORRECTORS,
     annealed_langevin,
@@ -11,13 +22,7 @@ from scoresde.sampling.correctors import (
     langevin_per_example,
     no_corrector,
 )
-from scoresde.sampling.fast_ode import (
-    ddim_sampler,
-    dpmpp_2m_sampler,
-    dpmpp_3m_sampler,
-    heun_sampler,
-)
-from scoresde.sampling.fast_sde import adaptive_sde_sampler, edm_stochastic_sampler
+from scoresde.sampling.driver import Rule, Step, integrate
 from scoresde.sampling.grids import edm_time_grid, log_snr_time_grid, uniform_time_grid
 from scoresde.sampling.ode import ode_sample, solve_probability_flow
 from scoresde.sampling.pc import pc_sample
@@ -36,6 +41,8 @@ __all__ = [
     "GRIDS",
     "PREDICTORS",
     "SAMPLERS",
+    "Rule",
+    "Step",
     "adaptive_sde_sampler",
     "ancestral_sampling",
     "annealed_langevin",
@@ -47,6 +54,7 @@ __all__ = [
     "edm_time_grid",
     "euler_maruyama",
     "heun_sampler",
+    "integrate",
     "langevin",
     "langevin_per_example",
     "log_snr_time_grid",

@@ -1,195 +1,105 @@
 """One sampler interface: ``sample(sde, score_fn, x_T, method=...)`` and the table behind it.
 
-Every sampler is a plain function of one shape,
+:data:`SAMPLERS` maps a method name to its :class:`~scoresde.sampling.driver.Rule`: a step (or
+one black-box solve), a frozen options class (:mod:`scoresde.sampler_options`) and a default
+time grid. :func:`sample` checks the options against the rule's class (an unknown or misspelt
+name is refused with the valid ones), turns the grid options into times
+(:func:`~scoresde.sampling.scaled.sampler_times`) and hands everything to
+:func:`~scoresde.sampling.driver.integrate`, the one loop. Adding a sampler is one step
+function and one line below.
 
-    sampler(sde, score_fn, x_T, *, generator, project, callback, progress, **options)
-        -> (x_0 (B, ...), info)
-
-with ``info["nfe"]`` the number of score evaluations it made. :data:`SAMPLERS` maps a method
-name to its sampler; later methods are new entries, not new code paths. Samplers that step on
-a time grid apply ``project(x, t)`` after every step (inverse problems, see
-:mod:`scoresde.inverse`); a black-box solve refuses ``project``. Every sampler calls
-``callback(i, t, x)`` as it goes.
-
-Method names, option names and the predictor/corrector names inside them are checked in one
-place, :func:`check_sampler`, before any work.
+The functions ``ddim_sampler``, ``heun_sampler``, ... (one per method, :func:`sampler_function`)
+are ``sample`` with the method fixed, for callers who prefer a function per sampler.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from scoresde.sampling.correctors import CORRECTORS
+from scoresde.names import SAMPLER_NAMES
+from scoresde.sampler_options import OPTIONS, make_options, option_names
+from scoresde.sampling.driver import Callback, Projection, Rule, integrate
 from scoresde.sampling.fast_ode import (
-    ddim_sampler,
-    dpmpp_2m_sampler,
-    dpmpp_3m_sampler,
-    heun_sampler,
+    ddim_step,
+    dpmpp_2m_step,
+    dpmpp_3m_step,
+    multistep_prepare,
 )
-from scoresde.sampling.fast_sde import adaptive_sde_sampler, edm_stochastic_sampler
-from scoresde.sampling.ode import ode_sample
-from scoresde.sampling.pc import Callback, Projection, pc_sample, resolve
-from scoresde.sampling.predictors import PREDICTORS
-from scoresde.sampling.scaled import check_grid
+from scoresde.sampling.fast_sde import adaptive_solve, edm_prepare, edm_step
+from scoresde.sampling.ode import solve_probability_flow
+from scoresde.sampling.pc import pc_prepare, pc_step
+from scoresde.sampling.scaled import sampler_times
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 
-Sampler = Callable[..., tuple[Tensor, dict[str, Any]]]
 
-
-class _CountingScore:
-    """``score_fn`` that counts its calls (the NFE a sampler reports)."""
-
-    def __init__(self, score_fn: ScoreFn) -> None:
-        self.score_fn, self.calls = score_fn, 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.calls += 1
-        return self.score_fn(x, t)
-
-
-def pc_sampler(
+def ode_solve(
     sde: SDE,
     score_fn: ScoreFn,
     x_T: Tensor,
+    options: Any,
     *,
     generator: Any = None,
     project: Projection | None = None,
     callback: Callback | None = None,
     progress: bool = False,
-    predictor: Any = "reverse_diffusion",
-    corrector: Any = "langevin",
-    snr: float = 0.16,
-    n_steps: int = 1,
-    num_steps: int | None = None,
-    eps: float = 1e-3,
-    denoise: bool = True,
-    time_grid: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Predictor-corrector sampling (Algorithm 1): :func:`scoresde.pc_sample` as a table entry.
+    """The probability-flow ODE (section 4.3) from ``T`` to ``eps`` by torchdiffeq
+    (:func:`~scoresde.sampling.ode.solve_probability_flow`): deterministic given ``x_T``.
 
-    ``info``: ``nfe`` (``num_steps (1 + n_steps) + denoise`` for the paper's steps) and
-    ``num_steps``.
-    """
-    counted = _CountingScore(score_fn)
-    x = pc_sample(
-        sde,
-        counted,
-        x_T,
-        predictor=predictor,
-        corrector=corrector,
-        snr=snr,
-        n_steps=n_steps,
-        num_steps=num_steps,
-        eps=eps,
-        denoise=denoise,
-        generator=generator,
-        time_grid=time_grid,
-        project=project,
-        progress=progress,
-        callback=callback,
-    )
-    steps = len(time_grid) - 1 if time_grid is not None else num_steps or sde.N
-    return x, {"nfe": counted.calls, "num_steps": steps}
-
-
-def ode_sampler(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x_T: Tensor,
-    *,
-    generator: Any = None,
-    project: Projection | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    eps: float = 1e-3,
-    denoise: bool = True,
-    solver: str = "dopri5",
-    num_steps: int | None = None,
-) -> tuple[Tensor, dict[str, Any]]:
-    """Probability-flow ODE (section 4.3): :func:`scoresde.ode_sample` as a table entry.
-
-    Deterministic given ``x_T`` (``generator`` is unused). The solve is a torchdiffeq black
-    box, so ``project`` is refused; ``callback`` sees every solver evaluation. ``solver`` is the
-    torchdiffeq method (fixed-step ones need ``num_steps``). ``info``: ``nfe``.
+    The solve is a black box, so ``project`` is refused; ``callback`` sees every solver
+    evaluation (its stages, not steps), ``i = 0 .. nfe - 1``, then the denoised sample;
+    ``progress`` is a bar in integration time.
     """
     if project is not None:
         raise ValueError(
             "the 'ode' sampler is a black-box solve and cannot apply project(); "
             "use a sampler on a time grid such as 'pc'"
         )
-    x, nfe = ode_sample(
-        sde,
-        score_fn,
-        x_T,
-        rtol=rtol,
-        atol=atol,
-        eps=eps,
-        denoise=denoise,
-        method=solver,
-        num_steps=num_steps,
-        callback=callback,
+    x, nfe = solve_probability_flow(
+        sde, score_fn, x_T, sde.T, options.eps, rtol=options.rtol, atol=options.atol,
+        method=options.solver, num_steps=options.num_steps, callback=callback,
+        progress="ODE sampling" if progress else False,
     )
-    return x, {"nfe": nfe}
+    return x, {"iterations": nfe}
 
 
-SAMPLERS: dict[str, Sampler] = {
-    "pc": pc_sampler,
-    "ode": ode_sampler,
-    "ddim": ddim_sampler,
-    "heun": heun_sampler,
-    "dpmpp_2m": dpmpp_2m_sampler,
-    "dpmpp_3m": dpmpp_3m_sampler,
-    "edm": edm_stochastic_sampler,
-    "adaptive": adaptive_sde_sampler,
+SAMPLERS: dict[str, Rule] = {
+    "pc": Rule(OPTIONS["pc"], pc_step, space="x", prepare=pc_prepare,
+               progress_name="PC sampling"),
+    "ode": Rule(OPTIONS["ode"], solve=ode_solve),
+    "ddim": Rule(OPTIONS["ddim"], ddim_step, progress_name="DDIM"),
+    "heun": Rule(OPTIONS["heun"], edm_step, prepare=edm_prepare, progress_name="Heun"),
+    "dpmpp_2m": Rule(OPTIONS["dpmpp_2m"], dpmpp_2m_step, prepare=multistep_prepare(2),
+                     progress_name="DPM-Solver++(2M)"),
+    "dpmpp_3m": Rule(OPTIONS["dpmpp_3m"], dpmpp_3m_step, prepare=multistep_prepare(3),
+                     progress_name="DPM-Solver++(3M)"),
+    "edm": Rule(OPTIONS["edm"], edm_step, prepare=edm_prepare, progress_name="EDM sampling"),
+    "adaptive": Rule(OPTIONS["adaptive"], solve=adaptive_solve),
 }
-"""Method name -> sampler; each takes ``(sde, score_fn, x_T, *, generator, project, callback,
-progress, **options)`` and returns ``(x, info)``."""
+"""Method name -> its rule (:data:`scoresde.names.SAMPLER_NAMES`, in that order)."""
 
 _SHARED = ("generator", "project", "callback", "progress")
 
 
 def sampler_options(method: str) -> tuple[str, ...]:
     """The option names a method takes beyond the shared ones (for messages and configs)."""
-    check_sampler(method)
-    params = inspect.signature(SAMPLERS[method]).parameters
-    return tuple(
-        name for name, p in params.items() if p.kind == p.KEYWORD_ONLY and name not in _SHARED
-    )
+    return option_names(check_sampler(method).options)
 
 
-def check_sampler(method: str, options: dict[str, Any] | None = None) -> Sampler:
-    """The sampler called ``method``, after checking its options; one-line ``ValueError``s.
-
-    Checks the method name, that every option is one the sampler takes, the predictor and
-    corrector names of PC sampling (callables pass as they are) and the name of a ``grid``
-    (:data:`scoresde.sampling.scaled.GRIDS`).
-    """
+def check_sampler(method: str, options: dict[str, Any] | None = None) -> Rule:
+    """The rule called ``method``, after checking its options (names and values, as its
+    options class does); one-line ``ValueError``s."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; choose from {sorted(SAMPLERS)}")
-    sampler = SAMPLERS[method]
-    options = options or {}
-    allowed = sampler_options(method) if options else ()
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"sampler {method!r} takes no option {unknown[0]!r}"
-            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; "
-            f"its options: {', '.join(allowed)}"
-        )
-    for kind, table in (("predictor", PREDICTORS), ("corrector", CORRECTORS)):
-        if options.get(kind) is not None:
-            resolve(options[kind], table, kind)
-    if options.get("grid") is not None:
-        check_grid(options["grid"])
-    return sampler
+    rule = SAMPLERS[method]
+    if options:
+        make_options(method, rule.options, options)
+    return rule
 
 
 def sample(
@@ -209,32 +119,62 @@ def sample(
     Args:
         sde: the forward SDE.
         score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``, e.g. a :class:`ScoreModel`.
-        method: a name from :data:`SAMPLERS`: ``"pc"``, ``"ode"``, or the deterministic
-            few-step ODE samplers ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``
+        method: a name from :data:`SAMPLERS`: ``"pc"``, ``"ode"``, the deterministic few-step
+            ODE samplers ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``
             (:mod:`scoresde.sampling.fast_ode`), and the stochastic ``"edm"`` (churn) and
             ``"adaptive"`` (adaptive-step SDE solver) of :mod:`scoresde.sampling.fast_sde`.
         generator: the source of every random draw: a ``torch.Generator`` or a
             :class:`scoresde.seeding.SampleStreams` (one stream per example, which makes each
             example independent of the batch it is drawn in).
         project: ``project(x, t) -> x`` after every step (``t=None`` after denoising);
-            samplers that cannot project refuse it.
-        callback: ``callback(i, t, x)`` as the sampler goes.
-        progress: show a progress bar where the sampler has one.
-        options: the sampler's own options (e.g. ``num_steps``, ``snr`` for ``"pc"``;
-            ``rtol``, ``atol`` for ``"ode"``; ``num_steps``, ``grid``, ``rho`` for the
-            few-step ODE samplers); see :func:`sampler_options`.
+            the ``ode`` sampler refuses it.
+        callback: ``callback(i, t, x)`` after every step and after denoising.
+        progress: show a progress bar.
+        options: the sampler's own options, the fields of its class in
+            :data:`scoresde.sampler_options.OPTIONS` (e.g. ``num_steps``, ``grid``, ``snr``
+            for ``"pc"``; ``rtol``, ``atol`` for ``"ode"``); :func:`sampler_options`.
 
     Returns:
-        ``(samples (B, ...), info)`` with ``info["nfe"]`` the number of score evaluations.
+        ``(samples (B, ...), info)`` with ``info["nfe"]`` the number of score evaluations
+        and, on a time grid, ``info["num_steps"]``.
     """
-    sampler = check_sampler(method, options)
-    return sampler(
-        sde,
-        score_fn,
-        x_T,
-        generator=generator,
-        project=project,
-        callback=callback,
-        progress=progress,
-        **options,
+    rule = check_sampler(method)
+    opts = make_options(method, rule.options, options)
+    if rule.step is not None:
+        times = sampler_times(
+            sde, x_T, num_steps=opts.num_steps or sde.N, eps=opts.eps, grid=opts.grid,
+            rho=opts.rho, time_grid=opts.time_grid, scaled=rule.space == "scaled",
+        )
+    else:
+        times = torch.tensor([sde.T, opts.eps], device=x_T.device, dtype=x_T.dtype)
+    return integrate(
+        rule, sde, score_fn, x_T, times, generator=generator, project=project,
+        callback=callback, denoise=opts.denoise, progress=progress, options=opts,
     )
+
+
+def sampler_function(method: str) -> Callable[..., tuple[Tensor, dict[str, Any]]]:
+    """:func:`sample` with ``method`` fixed: ``f(sde, score_fn, x_T, **kwargs)``."""
+    check_sampler(method)
+
+    def sampler(sde: SDE, score_fn: ScoreFn, x_T: Tensor, **kwargs: Any):
+        return sample(sde, score_fn, x_T, method=method, **kwargs)
+
+    sampler.__name__ = sampler.__qualname__ = f"{method}_sampler"
+    sampler.__doc__ = (
+        f"``scoresde.sample(sde, score_fn, x_T, method={method!r}, **kwargs)``; options: "
+        f"{', '.join(option_names(SAMPLERS[method].options))}."
+    )
+    return sampler
+
+
+ddim_sampler = sampler_function("ddim")
+heun_sampler = sampler_function("heun")
+dpmpp_2m_sampler = sampler_function("dpmpp_2m")
+dpmpp_3m_sampler = sampler_function("dpmpp_3m")
+edm_stochastic_sampler = sampler_function("edm")
+adaptive_sde_sampler = sampler_function("adaptive")
+ode_sampler = sampler_function("ode")
+pc_sampler = sampler_function("pc")
+
+assert tuple(SAMPLERS) == SAMPLER_NAMES

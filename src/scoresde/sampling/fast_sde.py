@@ -1,16 +1,16 @@
 """Fast stochastic samplers: EDM's churned Heun sampler and the adaptive SDE solver of GGF.
 
-Both follow the shared sampler signature of :mod:`scoresde.sampling.api`,
-``sampler(sde, score_fn, x_T, *, generator, project, callback, progress, **options)
--> (x_0 (B, ...), info)``, with ``info["nfe"]`` the number of (batched) score evaluations.
+Both are rules of :mod:`scoresde.sampling.driver` (the driver counts the score evaluations and
+takes the final denoising step):
 
-- :func:`edm_stochastic_sampler`: Algorithm 2 of Karras et al. (2022), "Elucidating the Design
-  Space of Diffusion-Based Generative Models" (EDM), on the rho-spaced noise levels of any SDE.
+- :func:`edm_step` (with :func:`edm_prepare`): Algorithm 2 of Karras et al. (2022),
+  "Elucidating the Design Space of Diffusion-Based Generative Models" (EDM), on the
+  rho-spaced noise levels of any SDE.
   Every SDE of the paper has the marginals ``x_t = m(t) (x_0 + sigma(t) z)`` with
   ``sigma = s / m``, so the scaled state ``y = x / m`` follows EDM's probability-flow ODE
   ``dy / dsigma = (y - D(y; sigma)) / sigma`` (EDM eq. 1 and 3, with ``s(t) = 1``) where
   ``D(y; sigma) = E[x_0 | x_t = m y]`` is Tweedie's denoiser at ``t = t(sigma)``.
-- :func:`adaptive_sde_sampler`: Algorithm 1 of Jolicoeur-Martineau et al. (2021), "Gotta Go
+- :func:`adaptive_solve`: Algorithm 1 of Jolicoeur-Martineau et al. (2021), "Gotta Go
   Fast When Generating Data with Score-Based Models" (GGF): an Euler-Maruyama / improved-Euler
   pair on the reverse SDE with a per-example step size controlled by their error estimate, and
   the Brownian values of rejected proposals kept (rejection sampling with memory,
@@ -24,7 +24,7 @@ streams each sample is independent of the batch it is drawn in.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,12 +32,11 @@ from tqdm.auto import tqdm
 
 from scoresde._tensor import append_dims, flat_mean, randn_like
 from scoresde.sampling.brownian import BrownianMemory
-from scoresde.sampling.pc import Callback, Projection
-from scoresde.sampling.scaled import Denoiser, ScaledPath, sampler_times
-from scoresde.score import ScoreFn, tweedie_denoise
+from scoresde.sampling.driver import Callback, Projection, Step
+from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, reverse_sde
 
-__all__ = ["DEFAULT_ATOL", "ERROR_NORMS", "adaptive_sde_sampler", "edm_stochastic_sampler"]
+__all__ = ["DEFAULT_ATOL", "ERROR_NORMS", "adaptive_solve", "edm_prepare", "edm_step"]
 
 DEFAULT_ATOL = 2.0 / 256
 """The adaptive solver's default absolute tolerance: one 8-bit grey level of data centred to
@@ -62,122 +61,83 @@ ERROR_NORMS = {"l2": _rms, "linf": _max_abs}
 largest element."""
 
 
-def edm_stochastic_sampler(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x_T: Tensor,
-    *,
-    generator: Any = None,
-    project: Projection | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    num_steps: int = 18,
-    eps: float = 1e-3,
-    rho: float = 7.0,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-    time_grid: Tensor | None = None,
-    denoise: bool = True,
-) -> tuple[Tensor, dict[str, Any]]:
-    """EDM's stochastic sampler (Karras et al., 2022, Algorithm 2) for any SDE of the paper.
+def edm_prepare(sde: SDE, times: Tensor, options: Any, denoise: bool) -> EDMPlan:
+    """The noise levels of the grid ``times`` and each step's churn ``gamma_i``.
 
-    In the scaled state ``y = x / m(t)`` and noise level ``sigma = s(t) / m(t)``, each of the
-    ``n`` steps from ``sigma_i`` to ``sigma_{i+1}``
+    ``gamma_i = min(s_churn / N, sqrt(2) - 1)`` where ``s_tmin <= sigma_i <= s_tmax``, else 0,
+    with ``N`` EDM's number of noise levels: the ``n`` steps of the grid plus the final denoising
+    step (EDM's last step, to ``sigma = 0``, is the Tweedie estimate here), so EDM's published
+    ``S_churn`` means the same here (EDM's ``num_steps = 18``, 35 NFE, is ``num_steps = 17``
+    with ``denoise``). ``sqrt(2) - 1`` is EDM's cap: at most doubling the noise variance. Options
+    without ``s_churn`` (the ``heun`` rule) have no churn.
+    """
+    sigmas = sde.sigma(times)
+    n = len(times) - 1
+    s_churn = getattr(options, "s_churn", 0.0)
+    gamma_max = min(s_churn / (n + int(denoise)), math.sqrt(2.0) - 1.0) if s_churn else 0.0
+    s_tmin, s_tmax = getattr(options, "s_tmin", 0.0), getattr(options, "s_tmax", math.inf)
+    gammas = [gamma_max if s_tmin <= v <= s_tmax else 0.0 for v in sigmas[:-1].tolist()]
+    return EDMPlan(sigmas, gammas, sde.sigma(sde.T * torch.ones_like(times[:1]))[0])
 
-    1. raises the noise ("churn"): ``sigma_hat = sigma_i (1 + gamma_i)`` with
-       ``gamma_i = min(s_churn / n, sqrt(2) - 1)`` where ``s_tmin <= sigma_i <= s_tmax`` and
-       0 elsewhere, ``y_hat = y_i + sqrt(sigma_hat^2 - sigma_i^2) s_noise z``, ``z ~ N(0, I)``;
+
+class EDMPlan(NamedTuple):
+    """What :func:`edm_step` needs of the whole grid: ``sigmas`` ``(n + 1,)``, the churn of each
+    step and ``sigma(T)``, the top of the known score."""
+
+    sigmas: Tensor
+    gammas: list[float]
+    sigma_top: Tensor
+
+
+def edm_step(s: Step, y: Tensor, memory: Any) -> tuple[Tensor, Any]:
+    """One step of EDM's stochastic sampler (Karras et al., 2022, Algorithm 2) for any SDE.
+
+    In the scaled state ``y = x / m(t)`` and noise level ``sigma = s(t) / m(t)``, the step from
+    ``sigma_i`` to ``sigma_{i+1}``
+
+    1. raises the noise ("churn"): ``sigma_hat = sigma_i (1 + gamma_i)`` (:func:`edm_prepare`),
+       ``y_hat = y_i + sqrt(sigma_hat^2 - sigma_i^2) s_noise z``, ``z ~ N(0, I)`` from the
+       generator (one full-batch draw per churned step);
     2. takes a Heun step of the probability-flow ODE ``dy / dsigma = (y - D(y; sigma)) / sigma``
        from ``sigma_hat`` to ``sigma_{i+1}``: ``d = (y_hat - D(y_hat; sigma_hat)) / sigma_hat``,
        ``y' = y_hat + (sigma_{i+1} - sigma_hat) d``,
        ``y_{i+1} = y_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2`` with
        ``d' = (y' - D(y'; sigma_{i+1})) / sigma_{i+1}``. The grid ends at ``eps > 0``, so every
-       step, the last included, has its second-order correction.
+       step, the last included, has its second-order correction: two score evaluations.
 
     ``D(y; sigma)`` is Tweedie's ``E[x_0 | x_t = m(t) y]`` at ``t = sde.t_from_sigma(sigma)``.
     The score is only known on ``[eps, T]``, so ``sigma_hat`` is capped at ``sigma(T)``: where
-    ``sigma_i (1 + gamma_i)`` would exceed it (the first step of a grid that starts at ``T``,
-    when ``gamma_0 > 0``), the churn is cut to reach exactly ``sigma(T)``, which adds no noise
-    at ``sigma_0 = sigma(T)``; ``t_hat`` is clamped to ``[t_i, T]`` against rounding. With
-    ``s_churn = 0`` no noise is drawn and this is EDM's deterministic Heun sampler
-    (Algorithm 1).
-
-    Args:
-        sde: the forward SDE.
-        score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
-        x_T: starting noise ``(B, ...)`` at time ``T`` (or at ``time_grid[0]``).
-        generator: the source of the churn noise: a ``torch.Generator`` or a
-            :class:`~scoresde.seeding.SampleStreams`; one full-batch draw per churned step.
-        project: ``project(x, t) -> x`` in x-space after every step (``t`` ``(B,)``), and with
-            ``t=None`` after denoising.
-        callback: ``callback(i, t, x)`` after step ``i`` with its end time ``t`` ``(B,)`` and
-            ``x``, and once more (``i = n``) after denoising.
-        progress: show a progress bar.
-        num_steps: the number ``n`` of steps of the EDM grid.
-        eps: the last time of the EDM grid.
-        rho: the grid's exponent (EDM eq. 5; :func:`~scoresde.sampling.grids.edm_time_grid`).
-            ``num_steps``, ``eps`` and ``rho`` are ignored if ``time_grid`` is given.
-        s_churn, s_tmin, s_tmax, s_noise: EDM's ``S_churn``, ``S_tmin``, ``S_tmax`` (in units
-            of ``sigma = s / m``, e.g. ``sigma(T) ~ 152`` for the default VP SDE) and
-            ``S_noise``.
-        time_grid: decreasing times ``(n + 1,)`` in ``(0, T]`` to use instead of the EDM grid.
-        denoise: end with Tweedie's denoising step at the last time (one more evaluation).
-
-    Returns:
-        ``(x_0 (B, ...), info)`` with ``info = {"nfe": 2 n + denoise, "num_steps": n}``.
+    ``sigma_i (1 + gamma_i)`` would exceed it (the first step of a grid that starts at ``T``),
+    the churn is cut to reach exactly ``sigma(T)``, which adds no noise at ``sigma_0 =
+    sigma(T)``; ``t_hat`` is clamped to ``[t_i, T]`` against rounding. With no churn this is
+    EDM's deterministic Heun sampler (Algorithm 1), the ``heun`` rule.
     """
-    if s_churn < 0 or s_noise < 0:
-        raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn} and {s_noise}")
-    times = sampler_times(
-        sde, x_T, num_steps=num_steps, eps=eps, grid="edm", rho=rho, time_grid=time_grid
-    )
-    path, D = ScaledPath(sde, x_T, times, project, callback), Denoiser(sde, score_fn)
-    n = path.num_steps
-    sigmas = sde.sigma(times)
-    sigma_top = sde.sigma(sde.T * path.ones[:1])[0]
-    gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
-    gammas = [gamma_max if s_tmin <= s <= s_tmax else 0.0 for s in sigmas[:-1].tolist()]
-    y = path.start(x_T)
-    for i in path.steps("EDM sampling", progress):
-        t_cur, t_next = path.t(i), path.t(i + 1)
-        sigma, sigma_next, gamma = sigmas[i], sigmas[i + 1], gammas[i]
-        if gamma > 0:
-            sigma_hat = torch.minimum(sigma * (1 + gamma), sigma_top)
-            t_hat = torch.clamp(sde.t_from_sigma(sigma_hat * path.ones), max=sde.T)
-            t_hat = t_hat.maximum(t_cur)
-            noise = torch.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(y, generator)
-            y_hat = y + noise
-        else:
-            sigma_hat, t_hat, y_hat = sigma, t_cur, y
-        d = (y_hat - D(y_hat, t_hat)) / sigma_hat
-        y_euler = y_hat + (sigma_next - sigma_hat) * d
-        d_next = (y_euler - D(y_euler, t_next)) / sigma_next
-        y = path.stepped(i, y_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next))
-    return path.finish(y, D, denoise)
+    plan: EDMPlan = s.prepared
+    sigma, sigma_next, gamma = plan.sigmas[s.i], plan.sigmas[s.i + 1], plan.gammas[s.i]
+    if gamma > 0:
+        sigma_hat = torch.minimum(sigma * (1 + gamma), plan.sigma_top)
+        t_hat = torch.clamp(s.sde.t_from_sigma(sigma_hat * torch.ones_like(s.t)), max=s.sde.T)
+        t_hat = t_hat.maximum(s.t)
+        noise = torch.sqrt(sigma_hat**2 - sigma**2) * s.options.s_noise
+        y_hat = y + noise * randn_like(y, s.generator)
+    else:
+        sigma_hat, t_hat, y_hat = sigma, s.t, y
+    d = (y_hat - s.denoise(y_hat, t_hat)) / sigma_hat
+    y_euler = y_hat + (sigma_next - sigma_hat) * d
+    d_next = (y_euler - s.denoise(y_euler, s.t_next)) / sigma_next
+    return y_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next), memory
 
 
-def adaptive_sde_sampler(
+def adaptive_solve(
     sde: SDE,
     score_fn: ScoreFn,
     x_T: Tensor,
+    options: Any,
     *,
     generator: Any = None,
     project: Projection | None = None,
     callback: Callback | None = None,
     progress: bool = False,
-    eps: float = 1e-3,
-    rtol: float = 0.05,
-    atol: float | None = None,
-    error_norm: str = "l2",
-    h_init: float = 0.01,
-    safety: float = 0.9,
-    r: float = 0.9,
-    max_steps: int = 100_000,
-    max_depth: int = 64,
-    extrapolation: bool = True,
-    denoise: bool = True,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The adaptive reverse-SDE solver of GGF (Jolicoeur-Martineau et al., 2021, Algorithm 1).
 
@@ -211,6 +171,8 @@ def adaptive_sde_sampler(
     every iteration and every per-example quantity depends only on that example, so with a
     :class:`~scoresde.seeding.SampleStreams` each sample is independent of its batch.
 
+    The options (:class:`scoresde.sampler_options.AdaptiveOptions`) and the shared arguments:
+
     Args:
         sde: the forward SDE.
         score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
@@ -219,10 +181,9 @@ def adaptive_sde_sampler(
             :class:`~scoresde.seeding.SampleStreams`).
         project: ``project(x, t) -> x`` in x-space after each accepted step: called on the whole
             batch every iteration with the proposed times ``t`` ``(B,)``, its result kept where
-            the step was accepted (so a projection's own draws stay in step per example); with
-            ``t=None`` after denoising.
+            the step was accepted (so a projection's own draws stay in step per example).
         callback: ``callback(i, t, x)`` after iteration ``i`` with the per-example times ``t``
-            ``(B,)`` and ``x``, and once more after denoising.
+            ``(B,)`` and ``x``.
         progress: show a progress bar (iterations, and examples finished).
         eps: the last time.
         rtol: relative tolerance ``eps_rel``; larger is faster and coarser (GGF: 0.01 - 0.1).
@@ -237,7 +198,7 @@ def adaptive_sde_sampler(
         max_depth: the most known Brownian values ahead of an example (rejections not yet
             passed) before a ``RuntimeError``; a memory guard (measured depth: 12 at most).
         extrapolation: continue from the improved-Euler ``x''`` (default) or from ``x'``.
-        denoise: end with Tweedie's denoising step at ``eps`` (one more evaluation).
+        denoise: the driver's final Tweedie step at ``eps`` (one more evaluation).
 
     Note:
         Without the memory (a fresh increment per proposal, as in GGF), the accepted increments
@@ -251,34 +212,26 @@ def adaptive_sde_sampler(
         ``n = 32``: 255 / 189 / 197 against 263 / 197 / 207).
 
     Returns:
-        ``(x_0 (B, ...), info)`` with ``info["nfe"] = 2 iterations + denoise`` and
-        ``info["accepted"]``, ``info["rejected"]`` the mean over examples of their accepted and
-        rejected steps.
+        ``(x_eps (B, ...), info)`` with ``info["iterations"]`` (2 score evaluations each: the
+        driver's ``info["nfe"] = 2 iterations + denoise``) and ``info["accepted"]``,
+        ``info["rejected"]`` the mean over examples of their accepted and rejected steps.
 
     Raises:
         RuntimeError: ``max_steps`` iterations were not enough, an example needed more than
             ``max_depth`` known Brownian values, or the error estimate is not finite.
     """
-    if error_norm not in ERROR_NORMS:
-        raise ValueError(f"unknown error_norm {error_norm!r}; choose from {sorted(ERROR_NORMS)}")
+    o = options
+    eps, rtol, safety, r, max_steps = o.eps, o.rtol, o.safety, o.r, o.max_steps
     if not 0 < eps < sde.T:
         raise ValueError(f"need 0 < eps < T, got eps={eps}, T={sde.T}")
-    if not (h_init > 0 and rtol >= 0 and safety > 0 and r > 0 and min(max_steps, max_depth) >= 1):
-        raise ValueError(
-            f"need h_init > 0, rtol >= 0, safety > 0, r > 0, max_steps >= 1, max_depth >= 1; got "
-            f"h_init={h_init}, rtol={rtol}, safety={safety}, r={r}, max_steps={max_steps}, "
-            f"max_depth={max_depth}"
-        )
-    norm = ERROR_NORMS[error_norm]
-    atol = DEFAULT_ATOL if atol is None else atol
-    if not atol > 0:
-        raise ValueError(f"need atol > 0, got {atol}")
+    norm = ERROR_NORMS[o.error_norm]
+    atol = DEFAULT_ATOL if o.atol is None else o.atol
     batch, ndim = x_T.shape[0], x_T.ndim
     t_end = torch.full((batch,), eps, device=x_T.device, dtype=x_T.dtype)
     t = torch.full_like(t_end, sde.T)
-    h = torch.full_like(t_end, min(h_init, sde.T - eps))
+    h = torch.full_like(t_end, min(o.h_init, sde.T - eps))
     x, x_prev = x_T, x_T
-    memory = BrownianMemory(x_T, max_depth)
+    memory = BrownianMemory(x_T, o.max_depth)
     accepted = torch.zeros(batch, dtype=torch.long, device=x_T.device)
     rejected = torch.zeros_like(accepted)
     iteration = 0
@@ -309,7 +262,7 @@ def adaptive_sde_sampler(
             )
         accept = active & (err <= 1)
         reject = active & ~accept
-        proposal = x_heun if extrapolation else x_euler
+        proposal = x_heun if o.extrapolation else x_euler
         if project is not None:
             proposal = project(proposal, t_next)
         keep = append_dims(accept, ndim)
@@ -327,15 +280,8 @@ def adaptive_sde_sampler(
         if progress:
             bar.set_postfix(done=f"{int((t <= t_end).sum())}/{batch}", refresh=False)
     bar.close()
-    nfe = 2 * iteration
-    if denoise:
-        x = tweedie_denoise(sde, score_fn, x, t_end)
-        nfe += 1
-        x = project(x, None) if project is not None else x
-        if callback is not None:
-            callback(iteration, t_end, x)
     info = {
-        "nfe": nfe,
+        "iterations": iteration,
         "accepted": float(accepted.double().mean()),
         "rejected": float(rejected.double().mean()),
     }

@@ -1,21 +1,20 @@
-"""Predictor-corrector sampling (Song et al., 2021, section 4.2, Algorithm 1)."""
+"""Predictor-corrector sampling (Song et al., 2021, section 4.2, Algorithm 1) as a step rule."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from scoresde.sampling.correctors import CORRECTORS, Corrector
-from scoresde.sampling.grids import uniform_time_grid
-from scoresde.sampling.predictors import PREDICTORS, Predictor
-from scoresde.score import ScoreFn, tweedie_denoise
+from scoresde.sampling.correctors import CORRECTORS
+from scoresde.sampling.driver import Callback, Projection, Step
+from scoresde.sampling.predictors import PREDICTORS
+from scoresde.score import ScoreFn
 from scoresde.sdes import SDE
 
-Projection = Callable[[Tensor, "Tensor | None"], Tensor]
-Callback = Callable[[int, Tensor, Tensor], None]
+__all__ = ["Callback", "Projection", "pc_prepare", "pc_sample", "pc_step", "resolve"]
 
 
 def resolve(choice, table: Mapping[str, Callable], kind: str) -> Callable:
@@ -27,75 +26,53 @@ def resolve(choice, table: Mapping[str, Callable], kind: str) -> Callable:
     return table[choice]
 
 
+def pc_prepare(sde: SDE, times: Tensor, options: Any, denoise: bool) -> tuple[Callable, Callable]:
+    """The predictor and corrector step functions of ``options`` (names or functions)."""
+    return (
+        resolve(options.predictor, PREDICTORS, "predictor"),
+        resolve(options.corrector, CORRECTORS, "corrector"),
+    )
+
+
+def pc_step(s: Step, x: Tensor, memory: Any) -> tuple[Tensor, Any]:
+    """One step of Algorithm 1 on ``x`` ``(B, ...)``: the predictor from ``t_i`` to
+    ``t_{i+1}``, then ``n_steps`` corrector steps at ``t_{i+1}`` (Algorithm 1's order; the
+    official code runs the corrector at ``t_i`` before the predictor, which shifts the
+    correctors by one time point). ``project`` is applied after the predictor and after every
+    corrector step but the last (the driver's projection follows the step). The cost is
+    ``1 + n_steps`` score evaluations (the ``none`` predictor or corrector: none)."""
+    predictor, corrector = s.prepared
+    x, _ = predictor(s.sde, s.score, x, s.t, s.t_next, generator=s.generator)
+    for _ in range(s.options.n_steps):
+        x = s.project(x, s.t_next)
+        x, _ = corrector(s.sde, s.score, x, s.t_next, snr=s.options.snr, generator=s.generator)
+    return x, memory
+
+
 def pc_sample(
     sde: SDE,
     score_fn: ScoreFn,
     x_T: Tensor,
     *,
-    predictor: str | Predictor = "reverse_diffusion",
-    corrector: str | Corrector = "langevin",
-    snr: float = 0.16,
-    n_steps: int = 1,
-    num_steps: int | None = None,
-    eps: float = 1e-3,
-    denoise: bool = True,
-    generator: torch.Generator | None = None,
-    time_grid: Tensor | None = None,
+    generator: torch.Generator | Any | None = None,
     project: Projection | None = None,
     progress: bool = False,
     callback: Callback | None = None,
+    **options: Any,
 ) -> Tensor:
-    """Sample by predictor-corrector steps from ``x_T`` at time ``T`` down to ``eps``.
+    """Predictor-corrector samples ``(B, ...)`` from ``x_T`` at time ``T`` down to ``eps``:
+    ``scoresde.sample(..., method="pc")`` without its ``info``.
 
-    Each of the ``num_steps`` steps runs the predictor from ``t_i`` to ``t_{i+1}``, then
-    ``n_steps`` corrector steps at ``t_{i+1}`` (Algorithm 1's order; the official code runs the
-    corrector at ``t_i`` before the predictor, which shifts the correctors by one time point).
-    With ``denoise`` a final Tweedie step ``E[x_0 | x_eps]`` removes the remaining noise.
-
-    Args:
-        sde: the forward SDE.
-        score_fn: ``score_fn(x (B, ...), t (B,)) -> (B, ...)``.
-        x_T: starting noise ``(B, ...)``, e.g. ``sde.prior_sampling(shape, generator)``.
-        predictor, corrector: a name from ``PREDICTORS``/``CORRECTORS`` or a step function.
-        snr: the corrector's signal-to-noise ratio ``r``.
-        n_steps: corrector steps per noise level.
-        num_steps: predictor steps; default ``sde.N``. Ignored if ``time_grid`` is given.
-        eps: the last time of the uniform grid.
-        denoise: take the final denoising step.
-        generator: the source of every random draw.
-        time_grid: decreasing times ``(num_steps + 1,)`` to use instead of the uniform grid.
-        project: ``project(x, t) -> x`` applied after every step (inverse problems, e.g.
-            :func:`scoresde.inverse.inpaint`); called with ``t=None`` after the denoising step.
-        progress: show a progress bar.
-        callback: ``callback(i, t, x)`` after step ``i`` (predictor and correctors) with the
-            step's end time ``t`` ``(B,)`` and state ``x``, and once more after denoising
-            (``i = num_steps``); for progress reports or trajectories.
-
-    Returns:
-        Samples ``(B, ...)``. The cost is ``num_steps * (1 + n_steps) + denoise`` score calls.
+    Options (:class:`scoresde.sampler_options.PCOptions`): ``predictor``, ``corrector`` (names
+    from ``PREDICTORS``/``CORRECTORS`` or step functions), ``snr``, ``n_steps`` (corrector steps
+    per noise level), ``num_steps`` (predictor steps; default ``sde.N``), ``eps``, ``grid``,
+    ``rho``, ``time_grid`` (decreasing times instead of a named grid), ``denoise`` (a final
+    Tweedie step ``E[x_0 | x_eps]``). ``project(x, t)`` after every step (``t=None`` after
+    denoising); ``callback(i, t, x)`` after step ``i`` and once more after denoising. The cost
+    is ``num_steps * (1 + n_steps) + denoise`` score calls.
     """
-    predictor_fn = resolve(predictor, PREDICTORS, "predictor")
-    corrector_fn = resolve(corrector, CORRECTORS, "corrector")
-    if time_grid is None:
-        time_grid = uniform_time_grid(
-            num_steps or sde.N, T=sde.T, eps=eps, device=x_T.device, dtype=x_T.dtype
-        )
-    ones = torch.ones(x_T.shape[0], device=x_T.device, dtype=x_T.dtype)
-    x = x_T
-    for i in tqdm(range(len(time_grid) - 1), desc="PC sampling", disable=not progress):
-        t, t_next = time_grid[i] * ones, time_grid[i + 1] * ones
-        # Predictor: one reverse-SDE step t -> t_next.
-        x, _ = predictor_fn(sde, score_fn, x, t, t_next, generator=generator)
-        x = project(x, t_next) if project else x
-        # Corrector: Langevin-type MCMC at t_next.
-        for _ in range(n_steps):
-            x, _ = corrector_fn(sde, score_fn, x, t_next, snr=snr, generator=generator)
-            x = project(x, t_next) if project else x
-        if callback is not None:
-            callback(i, t_next, x)
-    if denoise:
-        x = tweedie_denoise(sde, score_fn, x, time_grid[-1] * ones)
-        x = project(x, None) if project else x
-        if callback is not None:
-            callback(len(time_grid) - 1, time_grid[-1] * ones, x)
+    from scoresde.sampling.api import sample
+
+    x, _ = sample(sde, score_fn, x_T, method="pc", generator=generator, project=project,
+                  callback=callback, progress=progress, **options)
     return x
