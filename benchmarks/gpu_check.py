@@ -631,8 +631,9 @@ class Check:
             cfg = run.cfg
             cfg = replace(
                 cfg,
-                sample=replace(cfg.sample, method=method, num_steps=steps,
-                               batch_size=p.eval_batch, num_samples=n, compute_dtype="float32"),
+                sample=cfg.sample.updated(method=method, num_steps=steps,
+                                          batch_size=p.eval_batch, num_samples=n,
+                                          compute_dtype="float32"),
                 eval=replace(cfg.eval, num_samples=n, metrics=EVAL_METRICS,
                              inception_weights=str(weights), reference=str(reference),
                              kid_subset_size=min(1000, n, p.reference_size)),

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from scoresde.cli import main
+from scoresde.config_io import load_config
 
 TINY = ["--no-progress", "--device", "cpu", "--threads", "1",
         "--set", "model.hidden=32", "--set", "model.depth=2", "--set", "train.batch_size=64"]
@@ -189,10 +190,10 @@ def test_three_channel_arrays_are_converted_with_a_note_when_they_differ():
     (["--method", "heun"], 9, 19, "log_snr"),
     (["--method", "dpmpp_2m"], 19, 20, "log_snr"),
     (["--method", "ddim"], 19, 20, "uniform"),
-    (["--method", "edm"], 9, 19, ""),
+    (["--method", "edm"], 9, 19, "edm"),
     (["--set", "sample.method=dpmpp_3m"], 19, 20, "log_snr"),
     (["--method", "heun", "--set", "sample.num_steps=4"], 4, 9, "log_snr"),
-    (["--method", "pc", "--set", "sample.num_steps=3"], 3, 7, ""),
+    (["--method", "pc", "--set", "sample.num_steps=3"], 3, 7, "uniform"),
 ])
 def test_each_sampler_takes_its_own_steps(argv, steps, nfe, grid, moons, tmp_path, capsys):
     out = tmp_path / "s"
@@ -200,25 +201,27 @@ def test_each_sampler_takes_its_own_steps(argv, steps, nfe, grid, moons, tmp_pat
                     *argv, *QUIET)
     info = json.loads(stdout)
     assert (info["num_steps"], info["nfe"]) == (steps, nfe)
-    saved = json.loads((out / "config.json").read_text())["sample"]
-    assert (saved["num_steps"], saved["grid"]) == (steps, grid)
+    saved = load_config(out / "config.json").sample
+    assert (saved.num_steps, saved.grid) == (steps, grid)
 
 
 def test_the_table_is_the_library_default_and_in_help(capsys):
     from scoresde.build import sampler_config
     from scoresde.config import SampleConfig
-    from scoresde.config_rules import SAMPLER_STEPS
+    from scoresde.sampler_options import OPTIONS
 
-    assert SampleConfig().num_steps == SAMPLER_STEPS["pc"][0] == 1000
-    assert sampler_config(SampleConfig(), "heun")[1]["num_steps"] == 9
+    assert SampleConfig().num_steps is None  # PC: the SDE's N, the paper's 1000
+    assert [OPTIONS[m]().num_steps for m in ("ddim", "heun", "dpmpp_2m", "edm")] == [19, 9, 19, 9]
+    assert SampleConfig().updated(method="heun").num_steps == 9
     assert sampler_config(SampleConfig(num_steps=500), "pc")[1]["num_steps"] == 500
+    assert sampler_config(SampleConfig(num_steps=500), "heun")[1] == {}  # heun's own defaults
     assert sampler_config(SampleConfig(method="heun", num_steps=30))[1]["num_steps"] == 30
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     text = capsys.readouterr().out
     assert "heun         9 steps, log_snr grid (19 NFE)" in text
     assert "dpmpp_2m    19 steps, log_snr grid (20 NFE)" in text
-    assert "pc        1000 steps (2001 NFE)" in text
+    assert "pc        the SDE's N steps (1000 in the paper's presets: 2001 NFE)" in text
 
 
 # ---- 7. a finished demo is not continued by train ------------------------------------------

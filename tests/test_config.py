@@ -107,9 +107,8 @@ def test_discrete_losses_need_ve_or_vp():
 
 
 def test_unknown_sampler_names_are_rejected():
-    cfg = apply_overrides(Config(), ["sample.corrector=langevinn"])
     with pytest.raises(ValueError, match="unknown corrector 'langevinn'"):
-        sampler_config(cfg.sample)
+        apply_overrides(Config(), ["sample.corrector=langevinn"])
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -27,6 +27,7 @@ from scoresde.sampling import (
     heun_sampler,
     log_snr_time_grid,
 )
+from scoresde.sampling import SAMPLERS as RULES
 from scoresde.sampling.fast_ode import multistep_orders
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -279,11 +280,14 @@ def test_options_are_checked(method, options, message):
 
 def test_the_sampling_config_maps_to_the_options():
     method, options = sampler_config(SampleConfig(method="heun", num_steps=18))
-    assert method == "heun"
-    assert options == {"num_steps": 18, "eps": 1e-3, "denoise": True, "rho": 7.0}
+    assert (method, options) == ("heun", {"num_steps": 18})
+    assert SampleConfig(method="heun", num_steps=18).sampler_options() == RULES["heun"].options(
+        num_steps=18, eps=1e-3, denoise=True, rho=7.0, grid="log_snr")
+    _, options = sampler_config(SampleConfig(method="dpmpp_3m", grid="log_snr", rho=3.0))
+    assert options == {"grid": "log_snr", "rho": 3.0}
     _, options = sampler_config(SampleConfig(grid="log_snr", rho=3.0), "dpmpp_3m")
-    assert options["grid"] == "log_snr" and options["rho"] == 3.0
-    with pytest.raises(ConfigError, match=r"sample\.grid must be '', 'uniform', 'edm' or"):
+    assert options == {}  # another sampler: its own defaults
+    with pytest.raises(ConfigError, match=r"unknown time grid 'karras'; choose from"):
         SampleConfig(grid="karras")
     with pytest.raises(ConfigError, match=r"sample\.rho must be > 0, got 0\.0"):
         SampleConfig(rho=0.0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from scoresde.cli import main
+from scoresde.config import resumable_keys
 from scoresde.rundir import config_differences, describe_differences, summarize
 
 TINY = ["--no-progress", "--device", "cpu", "--threads", "1",
@@ -238,7 +239,7 @@ def test_train_help_explains_resume_and_reproducibility(capsys):
 def test_config_differences_ignore_bookkeeping_and_summaries_stay_short():
     old = {"train": {"steps": 1, "lr": 1.0, "log_every": 5}, "device": "cpu", "seed": 0}
     new = {"train": {"steps": 9, "lr": 2.0, "log_every": 1}, "device": "cuda", "seed": 1}
-    keys = config_differences(old, new)
+    keys = config_differences(old, new, ignore=resumable_keys())
     assert keys == ["seed", "train.lr"]
     assert describe_differences(old, new, keys) == "seed: 0 -> 1; train.lr: 1.0 -> 2.0 (2 keys)"
     many = {f"k{i}": i for i in range(10)}

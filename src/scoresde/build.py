@@ -168,52 +168,11 @@ def build_loss(cfg: Config, sde: SDE) -> LossFn:
 
 
 def sampler_config(cfg: SampleConfig, method: str | None = None) -> tuple[str, dict[str, Any]]:
-    """``(method, options)`` for :func:`scoresde.sample` from the sampling config, checked.
-
-    ``method`` overrides ``cfg.method``. The PC sampler takes the predictor, corrector,
-    ``snr``, ``n_steps``, ``num_steps``, ``eps`` and ``denoise``; the ODE sampler the
-    tolerances ``ode_rtol``/``ode_atol``, ``eps`` and ``denoise``; the few-step ODE samplers
-    (``ddim``, ``heun``, ``dpmpp_2m``, ``dpmpp_3m``) ``num_steps``, ``eps``, ``denoise``,
-    ``rho`` and ``grid`` (only when set: empty keeps the sampler's own default grid); EDM's
-    stochastic sampler (``edm``) ``num_steps``, ``eps``, ``rho``, ``s_churn``, ``s_noise`` and
-    ``denoise``; the adaptive SDE solver (``adaptive``) ``adaptive_rtol``/``adaptive_atol``
-    (0: its default), ``eps`` and ``denoise``.
-
-    A ``method`` other than ``cfg.method`` runs with its own ``num_steps`` and ``grid``
-    (:data:`scoresde.config_rules.SAMPLER_STEPS`): a config's step count is its own sampler's.
-    """
+    """``(method, options)`` for :func:`scoresde.sample` from the sampling config, checked:
+    ``cfg.options`` as the sampler's options class (:data:`scoresde.sampler_options.OPTIONS`)
+    checks them, so every option the sampler takes and nothing else. ``method`` other than
+    ``cfg.method`` runs with its own defaults (a config's options are its own sampler's)."""
     cfg = sample_for_method(cfg, method)
-    method = cfg.method
-    few_step = dict(num_steps=cfg.num_steps, eps=cfg.eps, denoise=cfg.denoise, rho=cfg.rho)
-    if cfg.grid:
-        few_step["grid"] = cfg.grid
-    fields = {
-        "pc": dict(
-            predictor=cfg.predictor,
-            corrector=cfg.corrector,
-            snr=cfg.snr,
-            n_steps=cfg.n_steps,
-            num_steps=cfg.num_steps,
-            eps=cfg.eps,
-            denoise=cfg.denoise,
-        ),
-        "ode": dict(rtol=cfg.ode_rtol, atol=cfg.ode_atol, eps=cfg.eps, denoise=cfg.denoise),
-        **{name: dict(few_step) for name in ("ddim", "heun", "dpmpp_2m", "dpmpp_3m")},
-        "edm": dict(
-            num_steps=cfg.num_steps,
-            eps=cfg.eps,
-            rho=cfg.rho,
-            s_churn=cfg.s_churn,
-            s_noise=cfg.s_noise,
-            denoise=cfg.denoise,
-        ),
-        "adaptive": dict(
-            rtol=cfg.adaptive_rtol,
-            atol=cfg.adaptive_atol or None,
-            eps=cfg.eps,
-            denoise=cfg.denoise,
-        ),
-    }
-    options = fields.get(method, {})
-    check_sampler(method, options)
-    return method, options
+    cfg.sampler_options()
+    check_sampler(cfg.method, cfg.options)
+    return cfg.method, dict(cfg.options)

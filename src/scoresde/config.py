@@ -7,16 +7,49 @@ A run's resolved config is saved as ``config.json`` next to its checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from scoresde.config_errors import ConfigError
 from scoresde.config_rules import config_problem
+from scoresde.names import (
+    ERROR_NORM_NAMES,
+    FIXED_STEP_METHODS,
+    GRID_NAMES,
+    METRIC_NAMES,
+)
+from scoresde.sample_config import SAMPLE_FIELDS, SampleConfig
 
-COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")
-"""The names ``sample.compute_dtype`` takes (``torch.float32`` / ``torch.bfloat16``)."""
+__all__ = [
+    "SAMPLE_FIELDS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "SDEConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "resumable_keys",
+]
 
 
-class ConfigError(ValueError):
-    """A bad override or config file; the message is one line meant for the user."""
+RESUMABLE = {"resumable": True}
+"""The metadata of a field that may differ between a run and the command that resumes it (how
+long it runs, how often it logs, checkpoints, draws grids and evaluates, where and on how many
+devices it runs, the switches that change speed and memory but not the arithmetic, the feeding
+of the data, and the precision switches ``tf32``/``bf16``, whose change is recorded in
+``metrics.jsonl``): :func:`resumable_keys` collects them."""
+
+
+def resumable_keys() -> frozenset[str]:
+    """The dotted keys (``"train.steps"``, ``"device"``) of the fields marked :data:`RESUMABLE`;
+    every other field of a run's config must be equal when it resumes."""
+    keys = {f.name for f in fields(Config) if f.metadata.get("resumable")}
+    for section in fields(Config):
+        if isinstance(section.default_factory, type):
+            keys |= {f"{section.name}.{f.name}" for f in fields(section.default_factory)
+                     if f.metadata.get("resumable")}
+    return frozenset(keys)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -52,8 +85,8 @@ class DataConfig:
     levels: int = 17
     test_fraction: float = 0.2
     split_seed: int = 0
-    num_workers: int = -1
-    on_device: bool = False
+    num_workers: int = field(default=-1, metadata=RESUMABLE)
+    on_device: bool = field(default=False, metadata=RESUMABLE)
 
     def __post_init__(self) -> None:
         _check(
@@ -166,8 +199,8 @@ class TrainConfig:
     (Song et al., 2021, "Maximum Likelihood Training of Score-Based Diffusion Models").
     """
 
-    steps: int = 4000
-    minutes: float = 0.0
+    steps: int = field(default=4000, metadata=RESUMABLE)
+    minutes: float = field(default=0.0, metadata=RESUMABLE)
     batch_size: int = 128
     lr: float = 2e-3
     beta1: float = 0.9
@@ -180,20 +213,20 @@ class TrainConfig:
     importance_sampling: bool = False
     reduce: str = "mean"
     eps: float = 1e-5
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    sample_every: int = 0
-    eval_every: int = 0
-    snapshot_every: int = 0
-    device_batch_size: int = 0
-    tensorboard: bool = True
-    sync_every: int = 0
-    dist_timeout_minutes: float = 30.0
-    bf16: bool = False
-    tf32: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    activation_checkpointing: bool = False
+    log_every: int = field(default=50, metadata=RESUMABLE)
+    checkpoint_every: int = field(default=1000, metadata=RESUMABLE)
+    sample_every: int = field(default=0, metadata=RESUMABLE)
+    eval_every: int = field(default=0, metadata=RESUMABLE)
+    snapshot_every: int = field(default=0, metadata=RESUMABLE)
+    device_batch_size: int = field(default=0, metadata=RESUMABLE)
+    tensorboard: bool = field(default=True, metadata=RESUMABLE)
+    sync_every: int = field(default=0, metadata=RESUMABLE)
+    dist_timeout_minutes: float = field(default=30.0, metadata=RESUMABLE)
+    bf16: bool = field(default=False, metadata=RESUMABLE)
+    tf32: bool = field(default=True, metadata=RESUMABLE)
+    channels_last: bool = field(default=False, metadata=RESUMABLE)
+    compile: bool = field(default=False, metadata=RESUMABLE)
+    activation_checkpointing: bool = field(default=False, metadata=RESUMABLE)
     label_dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -223,75 +256,6 @@ class TrainConfig:
         _check(
             self.likelihood_weighting or not self.importance_sampling,
             "train.importance_sampling needs train.likelihood_weighting=true",
-        )
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Sampling: ``method`` names the sampler (``"pc"``: Algorithm 1, ``"ode"``: the
-    probability flow; ``"ddim"``, ``"heun"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``: the few-step ODE
-    samplers; ``"edm"``: EDM's stochastic sampler; ``"adaptive"``: the adaptive-step SDE solver
-    of Jolicoeur-Martineau et al., 2021; :data:`scoresde.SAMPLERS`), the other fields are its
-    options.
-
-    The few-step samplers take ``num_steps``, ``eps``, ``denoise``, the time ``grid``
-    (``"uniform"``, ``"edm"``, ``"log_snr"``; empty: the sampler's own default) and ``rho``
-    (the EDM grid's exponent); ``"edm"`` also ``s_churn`` and ``s_noise`` (its noise
-    injection, Karras et al., 2022, Algorithm 2), on the EDM grid. ``"adaptive"`` takes
-    ``adaptive_rtol`` and ``adaptive_atol`` (0: one 8-bit grey level of centred data, 2/256),
-    ``eps`` and ``denoise``.
-
-    ``num_steps`` and ``grid`` are ``method``'s: another sampler asked for takes its own from
-    :data:`scoresde.config_rules.SAMPLER_STEPS` unless they are set with it.
-    ``batch_size`` only splits the work: each sample's noise comes from its own stream
-    ``(seed, index)``, so samples do not depend on it. ``compute_dtype`` (``"float32"`` or
-    ``"bfloat16"``: the network under bf16 autocast, the score and the sampler in float32) and
-    ``compile`` (``torch.compile`` of the network) set how the network runs when sampling
-    (``sample``, ``evaluate``, the training hooks).
-    """
-
-    method: str = "pc"
-    num_samples: int = 64
-    batch_size: int = 256
-    predictor: str = "reverse_diffusion"
-    corrector: str = "langevin"
-    snr: float = 0.16
-    n_steps: int = 1
-    num_steps: int = 1000
-    eps: float = 1e-3
-    denoise: bool = True
-    ode_rtol: float = 1e-5
-    ode_atol: float = 1e-5
-    grid: str = ""
-    rho: float = 7.0
-    s_churn: float = 0.0
-    s_noise: float = 1.0
-    adaptive_rtol: float = 0.05
-    adaptive_atol: float = 0.0
-    compute_dtype: str = "float32"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _check(self.num_samples >= 1, f"sample.num_samples must be >= 1, got {self.num_samples}")
-        _check(self.batch_size >= 1, f"sample.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.num_steps >= 1, f"sample.num_steps must be >= 1, got {self.num_steps}")
-        _check(self.n_steps >= 0, f"sample.n_steps must be >= 0, got {self.n_steps}")
-        _check(self.snr >= 0, f"sample.snr must be >= 0, got {self.snr}")
-        _check(0 <= self.eps < 1, f"sample.eps must be in [0, 1), got {self.eps}")
-        _check(self.ode_rtol > 0 and self.ode_atol > 0, "sample.ode_rtol/ode_atol must be > 0")
-        _check(
-            self.grid in ("", "uniform", "edm", "log_snr"),
-            f"sample.grid must be '', 'uniform', 'edm' or 'log_snr', got {self.grid!r}",
-        )
-        _check(self.rho > 0, f"sample.rho must be > 0, got {self.rho}")
-        _check(self.s_churn >= 0, f"sample.s_churn must be >= 0, got {self.s_churn}")
-        _check(self.s_noise >= 0, f"sample.s_noise must be >= 0, got {self.s_noise}")
-        _check(self.adaptive_rtol > 0, "sample.adaptive_rtol must be > 0")
-        _check(self.adaptive_atol >= 0, "sample.adaptive_atol must be >= 0 (0: the default)")
-        _check(
-            self.compute_dtype in COMPUTE_DTYPE_NAMES,
-            f"sample.compute_dtype must be one of {', '.join(COMPUTE_DTYPE_NAMES)}, "
-            f"got {self.compute_dtype!r}",
         )
 
 
@@ -349,16 +313,17 @@ class EvalConfig:
         _check(self.rtol > 0 and self.atol > 0, "eval.rtol/eval.atol must be > 0")
         _check(self.num_steps >= 0, f"eval.num_steps must be >= 0, got {self.num_steps}")
         _check(
-            self.num_steps >= 1 or self.method not in ("euler", "midpoint", "heun3", "rk4"),
+            self.num_steps >= 1 or self.method not in FIXED_STEP_METHODS,
             f"eval.method {self.method} is fixed-step: set eval.num_steps >= 1",
         )
         _check(
-            self.grid in ("uniform", "log_snr", "edm"),
-            f"eval.grid must be uniform, log_snr or edm, got {self.grid!r}",
+            self.grid in GRID_NAMES,
+            f"eval.grid must be one of {', '.join(GRID_NAMES)}, got {self.grid!r}",
         )
         _check(
-            self.error_norm in ("per-part", "joint", "per-example"),
-            f"eval.error_norm must be per-part, joint or per-example, got {self.error_norm!r}",
+            self.error_norm in ERROR_NORM_NAMES["likelihood"],
+            f"eval.error_norm must be one of {', '.join(ERROR_NORM_NAMES['likelihood'])}, "
+            f"got {self.error_norm!r}",
         )
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_examples >= 0, f"eval.num_examples must be >= 0, got {self.num_examples}")
@@ -370,10 +335,9 @@ class EvalConfig:
             f"eval.features must be 'inception' or 'digits', got {self.features!r}",
         )
         _check(self.bound_times >= 1, f"eval.bound_times must be >= 1, got {self.bound_times}")
-        unknown = sorted(set(self.metrics) - {"fid", "is", "kid", "bpd", "bound"})
-        _check(
-            not unknown, f"eval.metrics: unknown {unknown}; choose from fid, is, kid, bpd, bound"
-        )
+        unknown = sorted(set(self.metrics) - set(METRIC_NAMES))
+        _check(not unknown,
+               f"eval.metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}")
         _check(
             self.kid_subsets >= 1 and self.kid_subset_size >= 2,
             "eval.kid_subsets >= 1 and eval.kid_subset_size >= 2 needed",
@@ -392,7 +356,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RESUMABLE)
 
     def __post_init__(self) -> None:
         problem = config_problem(self)  # a NaN or infinite float; a seed outside 0 .. 2**63 - 1

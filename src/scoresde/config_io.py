@@ -9,18 +9,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from scoresde.config import Config, ConfigError
-from scoresde.config_rules import sample_for_method
+from scoresde.config import SAMPLE_FIELDS, Config, ConfigError, SampleConfig
 from scoresde.rundir import atomic_write
+from scoresde.sample_config import LEGACY_SAMPLE_KEYS
+from scoresde.sampler_options import OPTIONS
 
 
 def _convert(value: str, typ: Any, key: str) -> Any:
     """Parse the string ``value`` as the declared field type ``typ`` (floats must be finite)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null"):
+            return None
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    if typ is typing.Any:
+        typ = str
     try:
         if typ is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -74,27 +83,56 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             section, name, obj = path[0], path[1], getattr(cfg, path[0])
         else:
             raise ConfigError(f"unknown config key {key!r}")
-        changes.setdefault(section, {})[name] = _converted(obj, name, value, key)
-    sections = {k: replace(_base(cfg, k, v), **v) for k, v in changes.items() if k}
+        if section:
+            changes.setdefault(section, {})[name] = _checked_key(obj, name, value, key)
+        else:
+            changes.setdefault("", {})[name] = _converted(obj, name, value, key)
+    sections = {k: _section_with(getattr(cfg, k), v) for k, v in changes.items() if k}
     return replace(cfg, **changes.get("", {}), **sections)
 
 
-def _base(cfg: Config, section: str, changes: dict[str, Any]) -> Any:
-    """The section the ``changes`` apply to: for a new ``sample.method``, that sampler's own
-    step count and grid first."""
-    base = getattr(cfg, section)
-    if section == "sample" and "method" in changes:
-        return sample_for_method(base, changes["method"])
-    return base
+def _section_with(base: Any, changes: dict[str, Any]) -> Any:
+    """``base`` with ``changes``; for the sample section, a new ``method`` first (it starts
+    from its own defaults, :meth:`scoresde.config.SampleConfig.updated`), then the options,
+    parsed as the fields of that sampler's options class."""
+    if not isinstance(base, SampleConfig):
+        return replace(base, **{k: _convert(v, _field_types(type(base))[k], k2)
+                                for k, (v, k2) in changes.items()})
+    method = changes.pop("method", (base.method, ""))[0]
+    own = {k: _convert(v, _field_types(SampleConfig)[k], key)
+           for k, (v, key) in changes.items() if k in SAMPLE_FIELDS}
+    option_types = _field_types(OPTIONS[method])
+    options = {}
+    for name, (value, key) in changes.items():
+        if name in SAMPLE_FIELDS:
+            continue
+        name = LEGACY_SAMPLE_KEYS.get(name, {}).get(method, name)  # e.g. ode_rtol -> rtol
+        if name not in option_types or name == "time_grid":
+            valid = ", ".join(n for n in option_types if n != "time_grid")
+            raise ConfigError(
+                f"unknown config key {key!r}: sampler {method!r} takes no option {name!r}; "
+                f"its options: {valid} (and sample.{', sample.'.join(SAMPLE_FIELDS)})"
+            )
+        options[name] = _convert(value, option_types[name], key)
+    return base.updated(method=method, options=options, **own)
 
 
 def _converted(obj: Any, name: str, value: str, key: str) -> Any:
     """``value`` as the type of field ``name`` of the dataclass ``obj`` (a leaf, not a section)."""
+    _checked_key(obj, name, value, key)
+    return _convert(value, _field_types(type(obj))[name], key)
+
+
+def _checked_key(obj: Any, name: str, value: str, key: str) -> tuple[str, str]:
+    """``(value, key)`` of field ``name`` of the section ``obj``, its name checked (the sample
+    section's options are checked by :func:`_section_with`, against the final method)."""
     types = _field_types(type(obj))
+    if isinstance(obj, SampleConfig) and name != "options":
+        return value, key
     if name not in types or dataclasses.is_dataclass(types[name]):
         choices = ", ".join(n for n, t in types.items() if not dataclasses.is_dataclass(t))
         raise ConfigError(f"unknown config key {key!r} (fields here: {choices})")
-    return _convert(value, types[name], key)
+    return value, key
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -120,9 +158,29 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return Config(**kwargs)
 
 
+def _legacy_sample(d: dict[str, Any]) -> dict[str, Any]:
+    """A flat sample section of an older config as ``{..., "options": {...}}``."""
+    if not set(d) & set(LEGACY_SAMPLE_KEYS):
+        return d
+    method = d.get("method", "pc")
+    out = {k: v for k, v in d.items() if k not in LEGACY_SAMPLE_KEYS}
+    options = dict(out.pop("options", {}))
+    for key, by_method in LEGACY_SAMPLE_KEYS.items():
+        if key in d and method in by_method:
+            value = d[key]
+            if key == "grid" and not value:
+                continue  # "": the sampler's own grid
+            if key == "adaptive_atol" and not value:
+                value = None  # 0: the default
+            options[by_method[key]] = value
+    return {**out, "options": options}
+
+
 def _section_from_dict(cls: type, d: Any, name: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"config section {name!r} must be an object")
+    if cls is SampleConfig:
+        d = _legacy_sample(d)
     types = _field_types(cls)
     unknown = set(d) - set(types)
     if unknown:

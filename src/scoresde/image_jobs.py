@@ -18,7 +18,6 @@ from torch import Tensor
 
 from scoresde.build import sampler_config
 from scoresde.config import Config
-from scoresde.config_rules import sample_for_method
 from scoresde.data.pipeline import data_shape, from_model_scale, is_image_data, to_model_scale
 from scoresde.finite import check_finite
 from scoresde.inverse import inpaint
@@ -66,7 +65,7 @@ def _solve_inverse(
     **options)`` on ``images`` in model scale (not dequantized), with the sampler of
     ``run.cfg.sample`` and ``overrides``, image ``k`` drawing from the stream ``(seed, k)``;
     back in data scale."""
-    sc = replace(sample_for_method(run.cfg.sample, method), **overrides)
+    sc = run.cfg.sample.updated(method=method, **overrides)
     method, options = sampler_config(sc)
     streams = SampleStreams(seed, range(images.shape[0]), device=run.device)
     y = to_model_scale(images.to(run.device), replace(run.cfg.data, dequantize=False))
@@ -85,8 +84,9 @@ def lower_half_mask(shape: tuple[int, ...]) -> Tensor:
 def _latent_options(run: TrainedModel, overrides: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """The probability-flow solver options (``eps``, ``rtol``, ``atol``) of ``run.cfg.sample``
     with ``overrides``, and its batch size."""
-    sc = replace(run.cfg.sample, **overrides)
-    return dict(eps=sc.eps, rtol=sc.ode_rtol, atol=sc.ode_atol), sc.batch_size
+    sc = run.cfg.sample.updated(method="ode", **overrides)
+    ode = sc.sampler_options()
+    return dict(eps=ode.eps, rtol=ode.rtol, atol=ode.atol), sc.batch_size
 
 
 @torch.no_grad()
@@ -96,8 +96,9 @@ def encode_images(
     """Encode ``images`` (data scale, ``(N, *shape)``) to latents with the probability-flow ODE
     and decode them again (:mod:`scoresde.latent`), in batches of ``sample.batch_size``.
 
-    The solver uses ``sample.eps``, ``sample.ode_rtol`` and ``sample.ode_atol``; ``overrides``
-    replace fields of ``run.cfg.sample``. Images enter the model's scale without dequantization.
+    The solver uses the ``ode`` sampler's ``eps``, ``rtol`` and ``atol`` (the run's, when its
+    ``sample.method`` is ``ode``, else the defaults) with ``overrides``. Images enter the
+    model's scale without dequantization.
     ``progress`` shows the solves in integration time. NaN or infinite latents raise
     :class:`scoresde.finite.NonFiniteSamplesError`.
 

@@ -18,13 +18,14 @@ from torchdiffeq import odeint
 
 from scoresde._tensor import NoiseSource, batch_time, flat_sum, randn
 from scoresde.data.transforms import uniform_dequantize
+from scoresde.names import ERROR_NORM_NAMES
 from scoresde.sampling.ode import FIXED_STEP_METHODS, TimeProgress, solver_options
 from scoresde.sampling.scaled import GRIDS, check_grid
 from scoresde.score import ScoreFn
 from scoresde.sdes import SDE, probability_flow_drift
 
 TRACE_ESTIMATORS = ("hutchinson-rademacher", "hutchinson-gaussian", "exact")
-ERROR_NORMS = ("per-part", "joint", "per-example")
+ERROR_NORMS = ERROR_NORM_NAMES["likelihood"]
 """How the adaptive solver measures the scaled error ``e / (atol + rtol |y|)`` of the augmented
 state ``(x, delta)``: ``"per-part"`` takes the RMS of the ``x`` part and of the ``delta`` part and
 the larger of the two (torchdiffeq's default, so ``log p`` is controlled on its own);

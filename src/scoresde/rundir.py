@@ -4,7 +4,7 @@ Every command that writes files checks its output location first, before any exp
 ``--out`` must not be an existing file, and files that a command would replace are only replaced
 when the user asked for it (``overwrite=True``, ``--overwrite`` on the command line). Resuming a
 training run compares the whole resolved config and continues only where nothing but the run's
-length and bookkeeping differ (:data:`RESUMABLE_KEYS`).
+length and bookkeeping differ (the fields marked resumable, :func:`scoresde.config.resumable_keys`).
 """
 
 from __future__ import annotations
@@ -18,37 +18,6 @@ from typing import Any
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CONFIG_NAME = "config.json"
-
-RESUMABLE_KEYS = frozenset(
-    {
-        "train.steps",
-        "train.minutes",
-        "train.log_every",
-        "train.checkpoint_every",
-        "train.sample_every",
-        "train.eval_every",
-        "train.snapshot_every",
-        "train.tensorboard",
-        "train.device_batch_size",
-        "train.channels_last",
-        "train.compile",
-        "train.activation_checkpointing",
-        "train.sync_every",
-        "train.dist_timeout_minutes",
-        "train.tf32",
-        "train.bf16",
-        "data.num_workers",
-        "data.on_device",
-        "device",
-    }
-)
-"""Config keys that may differ between a run and the command that resumes it: how long it runs,
-how often it logs, checkpoints, draws sample grids and evaluates, where and on how many devices
-it runs, the switches that change speed and memory but not the arithmetic, the feeding of the
-data, and the precision switches ``tf32`` and ``bf16`` (a preempted run may come back on other
-hardware; a change of precision is recorded in ``metrics.jsonl``). Everything else must be
-equal."""
-
 
 class OutputExistsError(ValueError):
     """An output location holds something the command would overwrite (one-line message)."""
@@ -91,7 +60,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(
-    old: dict[str, Any], new: dict[str, Any], *, ignore: Iterable[str] = RESUMABLE_KEYS
+    old: dict[str, Any], new: dict[str, Any], *, ignore: Iterable[str] = ()
 ) -> list[str]:
     """The dotted keys on which two config dicts differ, leaving out ``ignore``; sorted."""
     a, b = flatten(old), flatten(new)

@@ -23,7 +23,6 @@ from scoresde.build import sampler_config
 from scoresde.classifier import accuracy_by_time, accuracy_times
 from scoresde.conditioning import check_conditioning, conditional_score_fn
 from scoresde.config import EvalConfig
-from scoresde.config_rules import sample_for_method
 from scoresde.data.pipeline import (
     from_model_scale,
     is_image_data,
@@ -111,7 +110,7 @@ def generate(
             (``check_finite_samples=False`` returns them as they are).
     """
     method = method or overrides.pop("method", None)
-    sc = replace(sample_for_method(run.cfg.sample, method), **overrides)
+    sc = run.cfg.sample.updated(method=method, **overrides)
     method, options = sampler_config(sc)
     run = run.with_sample(sc)  # the score function below runs the network as ``sc`` says
     batch_size = sc.batch_size if batch_size is None else batch_size
@@ -130,8 +129,8 @@ def generate(
     starts = range(first_index, first_index + num_samples, batch_size)
     # The ODE solve is a black box without a bar of its own: one in integration time.
     with TimeProgress(
-        run.sde.T, sc.eps, desc="ODE sampling", enabled=progress and method == "ode",
-        parts=len(starts),
+        run.sde.T, sc.sampler_options().eps, desc="ODE sampling",
+        enabled=progress and method == "ode", parts=len(starts),
     ) as bar:
         callback = (lambda i, t, x: bar.update(t.reshape(-1)[0])) if progress else None
         for start in starts:

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from scoresde.config_errors import ConfigError
 from scoresde.names import CORRECTOR_NAMES, ERROR_NORM_NAMES, GRID_NAMES, PREDICTOR_NAMES
 
 
-class OptionError(ValueError):
+class OptionError(ConfigError):
     """A sampler option that does not exist or has a bad value (one-line message)."""
 
 
@@ -61,8 +62,9 @@ class GridOptions:
 @dataclass(frozen=True)
 class PCOptions(GridOptions):
     """Predictor-corrector sampling (Algorithm 1): ``num_steps`` predictor steps (``None``: the
-    SDE's ``N``), each followed by ``n_steps`` corrector steps with signal-to-noise ratio ``snr``;
-    ``predictor``/``corrector`` are names (:data:`scoresde.names.PREDICTOR_NAMES`,
+    SDE's ``N``, the paper's 1000 for the default VP/sub-VP SDEs: 2001 NFE), each followed by
+    ``n_steps`` corrector steps with signal-to-noise ratio ``snr``; ``predictor`` and
+    ``corrector`` are names (:data:`scoresde.names.PREDICTOR_NAMES`,
     :data:`~scoresde.names.CORRECTOR_NAMES`) or step functions."""
 
     num_steps: int | None = None
@@ -84,26 +86,28 @@ class PCOptions(GridOptions):
 
 @dataclass(frozen=True)
 class DDIMOptions(GridOptions):
-    """DDIM (first order): 50 steps on the uniform grid by default."""
+    """DDIM (first order): 19 steps on the uniform grid by default (20 NFE)."""
 
-    num_steps: int | None = 50
+    num_steps: int | None = 19
 
 
 @dataclass(frozen=True)
 class HeunOptions(GridOptions):
-    """EDM's Heun sampler (EDM's stochastic sampler without churn): 18 steps on EDM's grid by
-    default. Every step here is corrected and the run ends with the Tweedie step, so EDM's
-    CIFAR-10 setting (its 18 noise levels, 35 NFE) is ``num_steps=17`` here (2 x 17 + 1)."""
+    """EDM's Heun sampler (EDM's stochastic sampler without churn): 9 steps on the log-SNR grid
+    by default (19 NFE). Every step here is corrected and the run ends with the Tweedie step,
+    so EDM's CIFAR-10 setting (its 18 noise levels, 35 NFE) is ``num_steps=17`` here
+    (2 x 17 + 1), on ``grid="edm"``."""
 
-    num_steps: int | None = 18
-    grid: str = "edm"
+    num_steps: int | None = 9
+    grid: str = "log_snr"
 
 
 @dataclass(frozen=True)
 class MultistepOptions(GridOptions):
-    """DPM-Solver++ multistep: 20 steps on the log-SNR grid; ``lower_order_final`` lowers the
-    order of the last steps of runs under 15 steps."""
+    """DPM-Solver++ multistep: 19 steps on the log-SNR grid (20 NFE); ``lower_order_final``
+    lowers the order of the last steps of runs under 15 steps."""
 
+    num_steps: int | None = 19
     grid: str = "log_snr"
     lower_order_final: bool = True
 
@@ -112,8 +116,10 @@ class MultistepOptions(GridOptions):
 class EDMOptions(HeunOptions):
     """EDM's stochastic sampler (Algorithm 2): Heun steps with noise added ("churn") where
     ``s_tmin <= sigma <= s_tmax``: ``gamma = min(s_churn / N, sqrt(2) - 1)`` with ``N`` the
-    number of noise levels (EDM's normalisation), ``s_noise`` the noise's scale."""
+    number of noise levels (EDM's normalisation), ``s_noise`` the noise's scale; 9 steps on
+    EDM's grid by default (19 NFE)."""
 
+    grid: str = "edm"
     s_churn: float = 0.0
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
@@ -216,4 +222,6 @@ def make_options(method: str, options: type, given: dict[str, Any]) -> Any:
     try:
         return options(**given)
     except OptionError as e:
-        raise OptionError(f"sampler {method!r}: {e}") from None
+        error = OptionError(f"sampler {method!r}: {e}")
+        error.raw = str(e)
+        raise error from None

@@ -157,7 +157,6 @@ def _cmd_sample(a) -> int:
 
     from scoresde.conditioning import check_conditioning
     from scoresde.config_io import save_config
-    from scoresde.config_rules import sample_for_method
     from scoresde.runs import generate_classes, load_classifier, load_trained
     from scoresde.sampling import check_sampler
     from scoresde.viz import save_image_grid, save_scatter
@@ -172,6 +171,8 @@ def _cmd_sample(a) -> int:
     outputs = ["samples.npy", "labels.npy", "samples.png", "config.json"]
     check_out(a.out, outputs, overwrite=a.overwrite, what="samples")
     cfg = run_config(a.checkpoint)
+    if a.method is not None:  # its own defaults first, then the --set sample.* options
+        cfg = replace(cfg, sample=cfg.sample.updated(method=a.method))
     opts = overrides(cfg, a.overrides, "sample")
     # The conditioning is checked on the configs (no network yet), then loaded.
     header = header_run(cfg)
@@ -201,12 +202,8 @@ def _cmd_sample(a) -> int:
         progress=not a.no_progress,
         **opts,
     )
-    used = replace(
-        sample_for_method(run.cfg.sample, info["method"]),
-        **opts,
-        method=info["method"],
-        batch_size=batch_size,
-        num_samples=a.num_samples,
+    used = run.cfg.sample.updated(
+        method=info["method"], **opts, batch_size=batch_size, num_samples=a.num_samples
     )
     a.out.mkdir(parents=True, exist_ok=True)
     save_array(a.out / "samples.npy", samples)

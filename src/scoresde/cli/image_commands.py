@@ -21,14 +21,19 @@ def _note(a):
     return lambda message: print(f"scoresde {a.command}: note: {message}", file=sys.stderr)
 
 
-def _checked_images(a, outputs: list[str], what: str):
+def _checked_images(a, outputs: list[str], what: str, method: str | None = None):
     """Check ``--out`` and read ``--images``, then the run's config: ``(images, cfg, opts)``
-    with the ``sample.*`` overrides ``opts``; no network is built yet."""
+    with the ``sample.*`` overrides ``opts`` (those of the sampler ``method`` when given: the
+    ODE's for the latent commands); no network is built yet."""
+    from dataclasses import replace
+
     from scoresde.image_jobs import read_user_images
 
     check_out(a.out, outputs, overwrite=a.overwrite, what=what)
     images = read_user_images(a.images)
     cfg = run_config(a.checkpoint)
+    if method is not None:
+        cfg = replace(cfg, sample=cfg.sample.updated(method=method))
     return images, cfg, overrides(cfg, a.overrides, "sample")
 
 
@@ -36,7 +41,7 @@ def _cmd_encode(a) -> int:
     from scoresde.image_jobs import encode_images, images_for_model
     from scoresde.runs import load_trained
 
-    images, cfg, opts = _checked_images(a, ["latents.npy", "decoded.png"], "latents")
+    images, cfg, opts = _checked_images(a, ["latents.npy", "decoded.png"], "latents", "ode")
     images = images_for_model(images, cfg, a.images, note=_note(a))
     run = load_trained(a.checkpoint, device=a.device or "auto")
     batch = min(opts.get("batch_size", run.cfg.sample.batch_size), images.shape[0])
@@ -58,7 +63,7 @@ def _cmd_interpolate(a) -> int:
     check_count("--first", a.first, 0)
     check_count("--second", a.second, 0)
     outputs = ["frames.npy", "interpolation.png"]
-    images, cfg, opts = _checked_images(a, outputs, "an interpolation")
+    images, cfg, opts = _checked_images(a, outputs, "an interpolation", "ode")
     n = images.shape[0]
     if a.first >= n or a.second >= n:
         raise ValueError(

@@ -41,10 +41,10 @@ interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next training step (statu
 
 
 def train_notes() -> str:
-    from scoresde.rundir import RESUMABLE_KEYS
+    from scoresde.config import resumable_keys
 
     keys = textwrap.fill(
-        ", ".join(sorted(RESUMABLE_KEYS)), 92, initial_indent="  ", subsequent_indent="  "
+        ", ".join(sorted(resumable_keys())), 92, initial_indent="  ", subsequent_indent="  "
     )
     return f"""\
 resume: running the same command again continues the run in --out from its checkpoint,

@@ -90,12 +90,15 @@ def config_from_official(official: dict[str, Any]) -> Config:
                 reduce="mean" if training["reduce_mean"] else "sum",
             ),
             sample=SampleConfig(
-                predictor=sampling["predictor"],
-                corrector=sampling["corrector"],
-                snr=float(sampling["snr"]),
-                n_steps=int(sampling["n_steps_each"]),
-                num_steps=int(model["num_scales"]),
-                denoise=bool(sampling["noise_removal"]),
+                method="pc",
+                options=dict(
+                    predictor=sampling["predictor"],
+                    corrector=sampling["corrector"],
+                    snr=float(sampling["snr"]),
+                    n_steps=int(sampling["n_steps_each"]),
+                    num_steps=int(model["num_scales"]),
+                    denoise=bool(sampling["noise_removal"]),
+                ),
             ),
             seed=int(official.get("seed", 42)),
         )

@@ -56,9 +56,9 @@ def official_train(
 def official_sample(
     predictor: str, corrector: str, snr: float, num_steps: int, n_steps: int = 1
 ) -> SampleConfig:
-    return SampleConfig(
-        predictor=predictor, corrector=corrector, snr=snr, num_steps=num_steps, n_steps=n_steps
-    )
+    options = dict(predictor=predictor, corrector=corrector, snr=snr, num_steps=num_steps,
+                   n_steps=n_steps)
+    return SampleConfig(method="pc", options=options)
 
 
 def ve_sde(sigma_max: float, N: int = 1000) -> SDEConfig:

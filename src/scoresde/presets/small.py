@@ -64,7 +64,7 @@ def _toy(dataset: str, kind: str, sigma_max: float) -> Config:
             name="mlp", hidden=128, depth=3, embedding_type=embedding, scale_by_sigma=kind == "ve"
         ),
         train=TrainConfig(steps=3000, batch_size=512, lr=2e-3, warmup=100),
-        sample=SampleConfig(num_samples=2000, num_steps=500),
+        sample=SampleConfig(num_samples=2000, options={"num_steps": 500}),
         eval=EvalConfig(metrics=("bpd",)),  # the likelihood in nats: no image features
     )
 

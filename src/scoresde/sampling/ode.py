@@ -10,10 +10,9 @@ from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from scoresde._tensor import batch_time
+from scoresde.names import FIXED_STEP_METHODS
 from scoresde.score import ScoreFn, tweedie_denoise
 from scoresde.sdes import SDE, probability_flow_drift
-
-FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "heun3")
 
 
 class TimeProgress:

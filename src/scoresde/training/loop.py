@@ -145,7 +145,7 @@ def train(
 
     A ``workdir`` that already holds a run is resumed bit-exactly from its checkpoint when
     ``resume`` is set and its config differs from ``cfg`` only in
-    :data:`~scoresde.rundir.RESUMABLE_KEYS` (length, logging, checkpoint and sample cadence,
+    :func:`~scoresde.config.resumable_keys` (length, logging, checkpoint and sample cadence,
     devices, speed switches); any other difference is refused before any work. ``overwrite``
     discards an existing run instead.
 

@@ -1,7 +1,7 @@
 """Resuming a run: whether a folder holds a run to continue, and loading its state.
 
 A run folder is continued only with the config it was started with, up to
-:data:`scoresde.rundir.RESUMABLE_KEYS` (length, cadence, devices, speed switches); anything else
+:func:`scoresde.config.resumable_keys` (length, cadence, devices, speed switches); anything else
 is refused before any work. Every random stream of a run is a function of its seed and the step,
 so the checkpoint's weights, EMA, optimiser and step are all a resumed run needs.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from scoresde.checkpoint import Checkpoint, checkpoint_config
-from scoresde.config import Config
-from scoresde.config_io import config_to_dict, load_config
+from scoresde.config import Config, resumable_keys
+from scoresde.config_io import config_from_dict, config_to_dict, load_config
 from scoresde.rundir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
-    RESUMABLE_KEYS,
     OutputExistsError,
     check_output_dir,
     config_differences,
@@ -52,12 +51,12 @@ def check_resume(
         raise OutputExistsError(
             f"{workdir} already holds a run; choose a new --out, or pass --overwrite to replace it"
         )
-    if has_checkpoint:
-        old = checkpoint_config(ckpt_path)
+    if has_checkpoint:  # read through the config class: older layouts compare as they are now
+        old = config_to_dict(config_from_dict(checkpoint_config(ckpt_path)))
     else:
         old = config_to_dict(load_config(config_path))
     new = config_to_dict(cfg)
-    differing = config_differences(old, new, ignore=RESUMABLE_KEYS)
+    differing = config_differences(old, new, ignore=resumable_keys())
     if differing:
         changes = describe_differences(old, new, differing)
         raise OutputExistsError(
