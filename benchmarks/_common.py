@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import torch
 
-from scoresde.build import build_model, build_score_fn, build_sde
-from scoresde.data.pipeline import data_shape
-from scoresde.presets import get_preset
+from scoresde.setup.build import build_model, build_score_fn, build_sde
+from scoresde.setup.data.pipeline import data_shape
+from scoresde.setup.presets import get_preset
 
 
 def demo_network(sde_kind: str = "subvp", batch: int = 64, seed: int = 0):

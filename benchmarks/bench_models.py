@@ -38,10 +38,13 @@ import torch
 
 import scoresde
 from _common import compile_alarm, timeout_in_chain
-from scoresde.config import TrainConfig
+from scoresde.jobs.training.optim import make_optimizer
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.presets.networks_ncsnpp import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
-from scoresde.training.optim import make_optimizer
+from scoresde.setup.config import TrainConfig
+from scoresde.setup.presets.networks_ncsnpp import (
+    ddpmpp_cifar10_continuous,
+    ncsnpp_cifar10_continuous,
+)
 
 PRESETS = {
     "ncsnpp": ("NCSN++ cont.", ncsnpp_cifar10_continuous, scoresde.VESDE),

@@ -1,7 +1,8 @@
 """Cost of per-sample random streams: PC sampling with one stream per sample / one generator.
 
 Batch-size-independent sampling draws each sample's noise from its own stream
-(``scoresde.seeding.SampleStreams``): one small ``randn`` per sample and step instead of one for
+(``scoresde.core.seeding.SampleStreams``): one small ``randn`` per sample and step instead of one
+for
 the batch. This script times the demo network's PC sampler both ways, interleaved round by
 round, and prints the median ratio (goal: at most 1.05 at batch 64 on the 8x8 demo, where the
 network is cheapest and the overhead largest). Run:
@@ -18,8 +19,8 @@ import torch
 
 import scoresde
 from _common import demo_network
-from scoresde.seeding import SampleStreams
-from scoresde.threads import median_seconds
+from scoresde.core.seeding import SampleStreams
+from scoresde.infra.threads import median_seconds
 
 
 def main() -> None:
@@ -44,7 +45,9 @@ def main() -> None:
         return run(SampleStreams(0, range(a.batch)))
 
     def draws(generator_fn) -> float:
-        return median_seconds(lambda: scoresde._tensor.randn(x.shape, generator_fn()), repeats=50)
+        return median_seconds(
+            lambda: scoresde.core._tensor.randn(x.shape, generator_fn()), repeats=50
+        )
 
     ratios, times = [], {"shared": [], "streams": []}
     with torch.no_grad():

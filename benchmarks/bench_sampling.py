@@ -16,7 +16,7 @@ import torch
 
 import scoresde
 from _common import demo_network
-from scoresde.threads import median_seconds
+from scoresde.infra.threads import median_seconds
 
 
 def main() -> None:

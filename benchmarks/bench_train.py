@@ -2,8 +2,10 @@
 
 One step is what the training loop does for a batch: the network of a paper preset (default
 ``vp_cifar10_ddpmpp_continuous``, DDPM++ cont. with the VP SDE), the preset's loss
-(``scoresde.build.build_loss``: continuous DSM, or SMLD/DDPM for discrete presets), backward and
-Adam (``scoresde.training.optim.make_optimizer``, fused where available), in train mode (dropout
+(``scoresde.setup.build.build_loss``: continuous DSM, or SMLD/DDPM for discrete presets), backward
+and
+Adam (``scoresde.jobs.training.optim.make_optimizer``, fused where available), in train mode
+(dropout
 on), without EMA or gradient clipping. The variants are the switches of ``TrainConfig``:
 
 - ``fp32``: none (the reference);
@@ -136,12 +138,12 @@ def build_step(a: argparse.Namespace, switches: tuple[str, ...]):
 
     import torch
 
-    from scoresde.build import build_loss, build_model, build_score_fn, build_sde
-    from scoresde.data.pipeline import data_shape
-    from scoresde.devices import resolve_device
-    from scoresde.presets import get_preset
-    from scoresde.training.optim import make_optimizer
-    from scoresde.training.performance import prepare_network, tf32, to_memory_format
+    from scoresde.infra.devices import resolve_device
+    from scoresde.jobs.training.optim import make_optimizer
+    from scoresde.jobs.training.performance import prepare_network, tf32, to_memory_format
+    from scoresde.setup.build import build_loss, build_model, build_score_fn, build_sde
+    from scoresde.setup.data.pipeline import data_shape
+    from scoresde.setup.presets import get_preset
 
     device = resolve_device(a.device)
     cfg = get_preset(a.preset)

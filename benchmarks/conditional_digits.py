@@ -118,7 +118,7 @@ def run_sample(runner: Runner, name: str, args: list[str], out: Path) -> dict:
     """``scoresde sample``; samples left by a run whose record was lost are scored again with
     the same digits classifier rather than refused by ``sample`` (no ``--overwrite``)."""
     if runner.load(name) is None and (out / "config.json").is_file():
-        from scoresde.evaluation.digits_classifier import conditional_accuracy
+        from scoresde.jobs.evaluation.digits_classifier import conditional_accuracy
 
         samples = np.load(out / "samples.npy")
         labels = np.load(out / "labels.npy")
@@ -135,9 +135,9 @@ def run_sample(runner: Runner, name: str, args: list[str], out: Path) -> dict:
 
 def real_digits_accuracy() -> dict[str, Any]:
     """The package's digits classifier on the real test digits: the ceiling for the samples."""
-    from scoresde.config import DataConfig
-    from scoresde.data.pipeline import load_labeled_split
-    from scoresde.evaluation.digits_classifier import conditional_accuracy
+    from scoresde.jobs.evaluation.digits_classifier import conditional_accuracy
+    from scoresde.setup.config import DataConfig
+    from scoresde.setup.data.pipeline import load_labeled_split
 
     x, y = load_labeled_split(DataConfig(dataset="digits"), "test")
     return conditional_accuracy(x, y)
@@ -149,8 +149,8 @@ def write_tinted(root: Path, seed: int = 0) -> dict[str, Any]:
     a finished folder."""
     from PIL import Image
 
-    from scoresde.config import DataConfig
-    from scoresde.data.pipeline import load_split
+    from scoresde.setup.config import DataConfig
+    from scoresde.setup.data.pipeline import load_split
 
     done = root / "done.json"
     if done.is_file():
@@ -204,7 +204,7 @@ def plot_accuracy(accuracy: dict[str, Any], path: Path) -> None:
 
 
 def colorization(runner: Runner, work: Path, docs: Path, steps: dict[str, Any]) -> dict:
-    from scoresde.viz import save_image_grid
+    from scoresde.infra.viz import save_image_grid
 
     tinted = write_tinted(work / "tinted")
     rgb_args = ["train", "--preset", "digits_subvp", "--out", str(work / "rgb")]
@@ -250,24 +250,24 @@ def colorization(runner: Runner, work: Path, docs: Path, steps: dict[str, Any]) 
         "cli_vs_library_clamped_max_abs_diff": float(np.abs(raw.clip(0, 1) - colorized).max()),
         "note": "grey level = mean of the RGB channels, in [0, 1]. scoresde colorize clamps its "
         "output to [0, 1], which moves the mean where a channel leaves [0, 1]; 'before_clamp' is "
-        "the same colorization (same seed and streams) through scoresde.inverse.colorize, "
+        "the same colorization (same seed and streams) through scoresde.methods.inverse.colorize, "
         "uncentred but not clamped",
     }
 
 
 def unclamped_colorization(run_dir: Path, originals: np.ndarray, num_steps: int | None):
-    """What ``scoresde colorize`` computes (:func:`scoresde.image_jobs.colorize_images`: same
+    """What ``scoresde colorize`` computes (:func:`scoresde.jobs.image_jobs.colorize_images`: same
     sampler, seed and per-image streams), mapped to ``[0, 1]`` scale without the final clamp."""
     from dataclasses import replace
 
     import torch
 
-    from scoresde.build import sampler_config
-    from scoresde.data.pipeline import to_model_scale
-    from scoresde.data.transforms import uncenter
-    from scoresde.inverse import colorize
-    from scoresde.runs import load_trained
-    from scoresde.seeding import SampleStreams
+    from scoresde.core.seeding import SampleStreams
+    from scoresde.core.transforms import uncenter
+    from scoresde.jobs.runs import load_trained
+    from scoresde.methods.inverse import colorize
+    from scoresde.setup.build import sampler_config
+    from scoresde.setup.data.pipeline import to_model_scale
 
     run = load_trained(run_dir / "checkpoint.safetensors", device="cpu")
     sc = run.cfg.sample if num_steps is None else replace(run.cfg.sample, num_steps=num_steps)

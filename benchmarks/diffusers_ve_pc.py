@@ -47,9 +47,9 @@ import torch
 from torch import Tensor
 
 from scoresde import pc_sample
-from scoresde.data.pipeline import from_model_scale
-from scoresde.evaluation.evaluate import sample_quality
-from scoresde.runs import checkpoint_file, load_trained
+from scoresde.jobs.evaluation.evaluate import sample_quality
+from scoresde.jobs.runs import checkpoint_file, load_trained
+from scoresde.setup.data.pipeline import from_model_scale
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

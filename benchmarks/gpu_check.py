@@ -18,16 +18,16 @@ Every figure comes from the library's own code path on random-weight networks an
   ``train.activation_checkpointing``: weights, Adam state, gradients and activations; an
   out-of-memory step is reported as ``OOM``. Then whether the 1024 preset fits an 80 GB card
   (peak reserved at most 78 GiB, what an H100 80GB leaves to PyTorch).
-- ``sample``: images/s of ``scoresde.runs.generate`` on the random-weight DDPM++ cont. model at
+- ``sample``: images/s of ``scoresde.jobs.runs.generate`` on the random-weight DDPM++ cont. model at
   batch 128: ``dpmpp_2m`` with 19 steps (20 NFE) and the preset's PC sampler with 1000 steps,
   each with ``sample.compute_dtype`` ``float32`` and ``bfloat16``. PC-1000 is timed over fewer
   steps and scaled by its NFE (said in the row's note). Each row records whether bf16
   autocast was on inside the network (a hook on it), and a bf16 row whose network ran in
   float32 says so.
-- ``likelihood``: examples/s of ``scoresde.runs.evaluate_likelihood`` (bits/dim through the
+- ``likelihood``: examples/s of ``scoresde.jobs.runs.evaluate_likelihood`` (bits/dim through the
   probability-flow ODE with the Hutchinson trace) on a batch of 128, on a fixed grid (``rk4``,
   25 steps, 100 NFE): a random network makes the adaptive solver's NFE meaningless.
-- ``evaluate``: the whole ``scoresde.evaluation.evaluate.evaluate`` path (sampling 1000 images
+- ``evaluate``: the whole ``scoresde.jobs.evaluation.evaluate.evaluate`` path (sampling 1000 images
   with ``dpmpp_2m`` at 20 NFE, the sample files, Inception-v3 features, FID, IS and KID) with a
   seeded random Inception weights file made in a temporary folder, against a random reference
   npz. With torch-fidelity installed that is the real TF-ported Inception-v3; without it a
@@ -80,15 +80,15 @@ import numpy as np
 import torch
 
 from _common import compile_alarm, timeout_in_chain
-from scoresde.build import build_model, build_sde
-from scoresde.config import Config
-from scoresde.data.pipeline import Batch, data_shape
-from scoresde.presets import get_preset
-from scoresde.runs import TrainedModel, evaluate_likelihood, generate
-from scoresde.training.loop import create_state, micro_batches
-from scoresde.training.objectives import build_objective
-from scoresde.training.performance import tf32
-from scoresde.training.state import batch_layout, train_step
+from scoresde.jobs.runs import TrainedModel, evaluate_likelihood, generate
+from scoresde.jobs.training.loop import create_state, micro_batches
+from scoresde.jobs.training.objectives import build_objective
+from scoresde.jobs.training.performance import tf32
+from scoresde.jobs.training.state import batch_layout, train_step
+from scoresde.setup.build import build_model, build_sde
+from scoresde.setup.config import Config
+from scoresde.setup.data.pipeline import Batch, data_shape
+from scoresde.setup.presets import get_preset
 
 SECTIONS = ("train", "memory", "sample", "likelihood", "evaluate")
 TRAIN_PRESETS = ("vp_cifar10_ddpmpp_continuous", "ve_cifar10_ncsnpp_continuous")
@@ -614,7 +614,7 @@ class Check:
     # -- evaluate
 
     def evaluate_row(self, timeout: float) -> Row:
-        from scoresde.evaluation.evaluate import evaluate
+        from scoresde.jobs.evaluation.evaluate import evaluate
 
         p = self.profile
         run, _ = self.sampling_run()

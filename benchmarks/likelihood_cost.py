@@ -6,7 +6,7 @@ Problems (``--nets``):
   ``[0, 1]``; ``vp``: the tiny DDPM++ (VP SDE) of ``ddpmpp_vp_tiny.pt``, data centred. Both with
   random weights, a batch of 8 seeded ``torch.rand`` images at 16x16x3 quantised to 256 levels.
 - ``digits``: the trained sub-VP demo run ``runs/conditional_digits/demo``, its first test digits,
-  with :func:`scoresde.runs.evaluate_likelihood`'s draws (one stream per example).
+  with :func:`scoresde.jobs.runs.evaluate_likelihood`'s draws (one stream per example).
 
 Every solve of a problem uses the same dequantization and the same Rademacher probe (drawn in
 float64 from a fixed seed). The solver state is float64 and the network runs in float32 (its
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import scoresde as S
-from scoresde.seeding import SampleStreams, derive_seed
+from scoresde.core.seeding import SampleStreams, derive_seed
 
 REFERENCE = Path(os.environ.get("SCORESDE_REFERENCE_DIR", Path(__file__).parents[2] / "shared"
                                 / "reference"))
@@ -104,9 +104,9 @@ def _tiny(file: str, sde: S.SDE, seed: int = 0) -> dict:
 
 
 def _digits(num: int) -> dict:
-    from scoresde.build import build_score_fn
-    from scoresde.data.pipeline import load_split
-    from scoresde.runs import load_trained
+    from scoresde.jobs.runs import load_trained
+    from scoresde.setup.build import build_score_fn
+    from scoresde.setup.data.pipeline import load_split
 
     run = load_trained(DIGITS_RUN / "checkpoint.safetensors", device="cpu")
     x = load_split(run.cfg.data, "test", limit=num).to(F64)

@@ -9,7 +9,7 @@ mode-weight error (:func:`mode_weight_error`). A second true sample gives the no
 
 Digits part (``--digits RUN_DIR``, repeatable): the digits-feature Frechet distance of
 ``--digits-samples`` samples of a trained digits run against the training digits
-(:func:`scoresde.evaluation.evaluate.sample_quality`), at a few NFE.
+(:func:`scoresde.jobs.evaluation.evaluate.sample_quality`), at a few NFE.
 
 Goal part (``--goal-seeds K``): PC-1000 against the DPM-Solver++ samplers at 20 NFE from K prior
 draws, compared draw by draw (:func:`goal_runs`).
@@ -41,7 +41,7 @@ from torch import Tensor
 import scoresde
 from _quality_report import write_report
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
 F64 = torch.float64
 NFE_TARGETS = (5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -264,8 +264,8 @@ def digits_results(run_dir: str, n: int, nfes: tuple[int, ...]) -> dict:
     PC at the run's own settings and the held-out real digits' FD at the same size (the floor)."""
     from dataclasses import replace
 
-    from scoresde.evaluation.evaluate import sample_quality
-    from scoresde.runs import checkpoint_file, generate, load_trained
+    from scoresde.jobs.evaluation.evaluate import sample_quality
+    from scoresde.jobs.runs import checkpoint_file, generate, load_trained
 
     run = load_trained(checkpoint_file(run_dir), device="cpu")
     cfg = replace(run.cfg, eval=replace(run.cfg.eval, features="digits", metrics=("fid",)))

@@ -13,7 +13,7 @@ the same noise and draws its noise from the same per-sample streams (``scoresde.
 every sampler ends with the Tweedie denoising step (one more score evaluation).
 
 The metric is the Frechet distance in the feature space of the package's digits classifier
-against the training digits (``scoresde.evaluation.evaluate.sample_quality``, as the demo),
+against the training digits (``scoresde.jobs.evaluation.evaluate.sample_quality``, as the demo),
 beside the same distance of as many real held-out digits (the floor). With ``--seeds S`` each
 cell is sampled with seeds ``F .. F+S-1`` (``--first-seed F``, default 0) and reported as mean
 and standard deviation.
@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from scoresde.evaluation.evaluate import sample_quality
-from scoresde.runs import checkpoint_file, generate, load_trained
+from scoresde.jobs.evaluation.evaluate import sample_quality
+from scoresde.jobs.runs import checkpoint_file, generate, load_trained
 
 PREDICTORS = ("reverse_diffusion", "ancestral_sampling", "probability_flow")
 SDE_NAMES = {"ve": "VE (SMLD)", "vp": "VP (DDPM)"}

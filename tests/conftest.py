@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoresde.data.mixture import GaussianMixture
+from scoresde.core.mixture import GaussianMixture
 
 
 def reference_dir() -> Path:

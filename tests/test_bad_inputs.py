@@ -29,9 +29,9 @@ def moons(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A 2-step digits run (a tiny U-Net) and its checkpoint."""
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     out = tmp_path_factory.mktemp("digits") / "run"
     cfg = apply_overrides(
@@ -47,9 +47,9 @@ def rgb_run(tmp_path_factory):
     removed: its data path no longer exists."""
     import shutil
 
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     root = tmp_path_factory.mktemp("rgb")
     gen = np.random.default_rng(0)
@@ -75,9 +75,9 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the checks refused the input")
 
-    monkeypatch.setattr("scoresde.build._build_network", refuse)
-    monkeypatch.setattr("scoresde.training.loop.train", refuse)
-    monkeypatch.setattr("scoresde.runs.sample", refuse)
+    monkeypatch.setattr("scoresde.setup.build._build_network", refuse)
+    monkeypatch.setattr("scoresde.jobs.training.loop.train", refuse)
+    monkeypatch.setattr("scoresde.jobs.runs.sample", refuse)
 
 
 def _files(folder):
@@ -153,8 +153,8 @@ def test_non_finite_training_options_are_refused(argv, needle, tmp_path, capsys,
 
 
 def test_a_config_file_with_nan_is_refused(tmp_path, capsys, no_work):
-    from scoresde.config_io import config_to_dict
-    from scoresde.presets import get_preset
+    from scoresde.setup.config_io import config_to_dict
+    from scoresde.setup.presets import get_preset
 
     cfg = config_to_dict(get_preset("toy_moons"))
     cfg["sde"]["sigma_max"] = float("nan")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from scoresde.cli import main
-from scoresde.config_io import load_config
+from scoresde.setup.config_io import load_config
 
 TINY = ["--no-progress", "--device", "cpu", "--threads", "1",
         "--set", "model.hidden=32", "--set", "model.depth=2", "--set", "train.batch_size=64"]
@@ -32,9 +32,9 @@ def moons(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     out = tmp_path_factory.mktemp("digits") / "run"
     cfg = apply_overrides(
@@ -47,7 +47,7 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def diverged(digits, tmp_path_factory):
     """The digits checkpoint with every weight NaN: a diverged run."""
-    from scoresde.checkpoint import load_checkpoint, save_checkpoint
+    from scoresde.infra.checkpoint import load_checkpoint, save_checkpoint
 
     def nan(state):
         return {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
@@ -127,7 +127,7 @@ def test_the_demo_stops_before_its_pictures_on_non_finite_samples(tmp_path, caps
     def nan_sampler(sde, score_fn, x_T, **kwargs):
         return torch.full_like(x_T, float("nan")), {"nfe": 1, "num_steps": 1}
 
-    monkeypatch.setattr("scoresde.runs.sample", nan_sampler)
+    monkeypatch.setattr("scoresde.jobs.runs.sample", nan_sampler)
     out = tmp_path / "demo"
     _, err = run(capsys, "demo", "--out", out, "--steps", "2", "--set", "model.nf=8",
                  "--set", "train.batch_size=16", "--device", "cpu", *QUIET, code=1, lines=1)
@@ -138,7 +138,7 @@ def test_the_demo_stops_before_its_pictures_on_non_finite_samples(tmp_path, caps
 
 
 def test_the_likely_cause_names_a_large_guidance_scale():
-    from scoresde.finite import NonFiniteSamplesError, check_finite
+    from scoresde.jobs.finite import NonFiniteSamplesError, check_finite
 
     model = torch.nn.Linear(2, 2)
     x = torch.tensor([[0.0, 1.0], [float("inf"), 0.0], [float("nan"), 1.0]])
@@ -169,9 +169,9 @@ def test_a_colour_image_for_a_grey_model_is_converted_with_a_note(digits, tmp_pa
 
 
 def test_three_channel_arrays_are_converted_with_a_note_when_they_differ():
-    from scoresde.config_io import apply_overrides
-    from scoresde.image_jobs import images_for_model
-    from scoresde.presets import get_preset
+    from scoresde.jobs.image_jobs import images_for_model
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     cfg = apply_overrides(get_preset("digits_subvp"), [])
     notes = []
@@ -206,9 +206,9 @@ def test_each_sampler_takes_its_own_steps(argv, steps, nfe, grid, moons, tmp_pat
 
 
 def test_the_table_is_the_library_default_and_in_help(capsys):
-    from scoresde.build import sampler_config
-    from scoresde.config import SampleConfig
-    from scoresde.sampler_options import OPTIONS
+    from scoresde.core.sampler_options import OPTIONS
+    from scoresde.setup.build import sampler_config
+    from scoresde.setup.config import SampleConfig
 
     assert SampleConfig().num_steps is None  # PC: the SDE's N, the paper's 1000
     assert [OPTIONS[m]().num_steps for m in ("ddim", "heun", "dpmpp_2m", "edm")] == [19, 9, 19, 9]

@@ -25,7 +25,7 @@ from torch import nn
 from scoresde.interop.official import official_ema_state_dict, official_state_dict_to_ours
 from scoresde.nn.ddpm import DDPM
 from scoresde.nn.ncsn import NCSN, NCSNv2, ncsnv2_variant
-from scoresde.presets.networks_baselines import (
+from scoresde.setup.presets.networks_baselines import (
     OFFICIAL_CONFIGS,
     PRESET_NETWORKS,
     PRESETS,

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from scoresde.sampling.brownian import BrownianMemory
+from scoresde.methods.sampling.brownian import BrownianMemory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

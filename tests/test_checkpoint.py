@@ -8,13 +8,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from scoresde.checkpoint import (
+from scoresde.infra.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from scoresde.training.ema import EMA
+from scoresde.jobs.training.ema import EMA
 
 CONFIG = {"sde": "vesde", "sigma_max": 50.0, "channel_mults": [1, 2], "nested": {"lr": 2e-4}}
 

@@ -16,25 +16,25 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.build import build_sde
-from scoresde.classifier import (
+from scoresde.core.classifier import (
     NoiseClassifier,
     accuracy_by_time,
     accuracy_times,
     classifier_loss,
     perturb,
 )
-from scoresde.conditioning import check_conditioning, conditional_score_fn
-from scoresde.config_io import apply_overrides
-from scoresde.data.mixture import mixture_class_log_prob_fn
-from scoresde.data.pipeline import Batch, load_labeled_split
-from scoresde.data.toy import toy_gmm
+from scoresde.core.mixture import mixture_class_log_prob_fn
+from scoresde.jobs.conditioning import check_conditioning, conditional_score_fn
+from scoresde.jobs.runs import classifier_accuracy, generate, load_classifier, load_trained
+from scoresde.jobs.training.loop import train
+from scoresde.jobs.training.objectives import build_objective
 from scoresde.nn.embeddings import NULL_LABEL
-from scoresde.presets import get_preset
-from scoresde.presets.classifiers import classifier_preset
-from scoresde.runs import classifier_accuracy, generate, load_classifier, load_trained
-from scoresde.training.loop import train
-from scoresde.training.objectives import build_objective
+from scoresde.setup.build import build_sde
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.data.pipeline import Batch, load_labeled_split
+from scoresde.setup.data.toy import toy_gmm
+from scoresde.setup.presets import get_preset
+from scoresde.setup.presets.classifiers import classifier_preset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -243,8 +243,8 @@ def test_the_trained_classifier_guides_the_exact_score_to_its_class(gmm_classifi
     """Eq. 14 with the exact unconditional score of the mixture and the learned p_t(y | x):
     samples of class k land in component k (the exact classifier gives 1.0; measured 0.97+)."""
     from scoresde import sample
-    from scoresde.data.mixture import mixture_score_fn
-    from scoresde.guidance import classifier_guidance
+    from scoresde.core.mixture import mixture_score_fn
+    from scoresde.methods.guidance import classifier_guidance
 
     c = gmm_classifier
     gen = torch.Generator().manual_seed(4)
@@ -258,7 +258,7 @@ def test_the_trained_classifier_guides_the_exact_score_to_its_class(gmm_classifi
 def test_a_classifier_must_share_the_perturbation_and_the_data(gmm_classifier, tmp_path):
     from dataclasses import replace
 
-    from scoresde.conditioning import same_perturbation
+    from scoresde.jobs.conditioning import same_perturbation
 
     assert same_perturbation(VPSDE(), VPSDE())
     assert not same_perturbation(VPSDE(), VPSDE(beta_max=10.0))
@@ -287,8 +287,8 @@ def test_a_label_conditional_digits_model_draws_the_asked_digits(tmp_path):
     """A small label-conditional U-Net on the 8x8 digits, 400 steps: its samples of each class
     are recognised as that class by the package's independent digits classifier (trained on
     real digits) far above the chance of 10% (measured: 0.92 mean, 0.8 the worst class)."""
-    from scoresde.evaluation.digits_classifier import conditional_accuracy
-    from scoresde.runs import generate_classes
+    from scoresde.jobs.evaluation.digits_classifier import conditional_accuracy
+    from scoresde.jobs.runs import generate_classes
 
     over = [
         "train.steps=400",

@@ -20,7 +20,10 @@ from scoresde.nn import (
 from scoresde.nn.checkpointing import enable_activation_checkpointing
 from scoresde.nn.classifiers import WideResBlock
 from scoresde.nn.embeddings import NULL_LABEL, embed_classes
-from scoresde.presets.networks_ncsnpp import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
+from scoresde.setup.presets.networks_ncsnpp import (
+    ddpmpp_cifar10_continuous,
+    ncsnpp_cifar10_continuous,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only add overhead
 

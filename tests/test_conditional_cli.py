@@ -139,10 +139,10 @@ def test_toy_classifier_run_folder_and_accuracy(gmm_classifier):
 def test_toy_classifier_is_near_the_bayes_posterior(gmm_classifier):
     """The loaded EMA classifier against the exact posterior p_t(y | x) of the mixture (measured
     after 300 steps: argmax agreement >= 0.88, KL <= 0.2 nats at these times)."""
-    from scoresde.classifier import perturb
-    from scoresde.data.mixture import mixture_class_log_prob_fn
-    from scoresde.data.toy import sample_gmm_labeled, toy_gmm
-    from scoresde.runs import load_classifier
+    from scoresde.core.classifier import perturb
+    from scoresde.core.mixture import mixture_class_log_prob_fn
+    from scoresde.jobs.runs import load_classifier
+    from scoresde.setup.data.toy import sample_gmm_labeled, toy_gmm
 
     classifier = load_classifier(gmm_classifier, device="cpu")
     assert classifier.step == CLASSIFIER_STEPS and classifier.num_classes == 8
@@ -211,7 +211,7 @@ def test_classifier_guided_samples_are_class_major(gmm_score, gmm_classifier, tm
 def test_classifier_guidance_steers_to_the_class(gmm_score, gmm_classifier, tmp_path, capsys):
     """Guided samples land in their component (W = 3 with this 20-step score model: measured
     0.92 and 1.0 of 100; unguided, each component gets about 1/8)."""
-    from scoresde.data.toy import toy_gmm
+    from scoresde.setup.data.toy import toy_gmm
 
     _sample(capsys, gmm_score, tmp_path / "s", "--classifier", gmm_classifier, "--class", "0,3",
             "--guidance", "3", "--num-samples", "100", steps=50)
@@ -320,7 +320,7 @@ def test_conditional_model_without_dropout_refuses_guidance(cifar_runs, tmp_path
 
 
 def test_cifar_classifier_guides_an_unconditional_model(cifar_runs, tmp_path, capsys):
-    from scoresde.runs import load_classifier
+    from scoresde.jobs.runs import load_classifier
 
     run = cifar_runs["classifier"]
     cfg = json.loads((run / "config.json").read_text())

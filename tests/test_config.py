@@ -5,20 +5,20 @@ import json
 import pytest
 import torch
 
-from scoresde.build import build_loss, build_model, build_sde, sampler_config
-from scoresde.config import Config, ConfigError
-from scoresde.config_io import (
+from scoresde.core.score import ScoreModel
+from scoresde.core.sdes import VESDE, VPSDE, SubVPSDE
+from scoresde.setup.build import build_loss, build_model, build_sde, sampler_config
+from scoresde.setup.config import Config, ConfigError
+from scoresde.setup.config_io import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
     load_config,
     save_config,
 )
-from scoresde.data.pipeline import data_shape
-from scoresde.presets import PRESETS, get_preset
-from scoresde.presets.small import SMALL_PRESETS
-from scoresde.score import ScoreModel
-from scoresde.sdes import VESDE, VPSDE, SubVPSDE
+from scoresde.setup.data.pipeline import data_shape
+from scoresde.setup.presets import PRESETS, get_preset
+from scoresde.setup.presets.small import SMALL_PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_PRESETS))

@@ -14,8 +14,8 @@ from scoresde.interop.official import (
     official_ema_state_dict,
     official_state_dict_to_ours,
 )
+from scoresde.jobs.runs import load_trained
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.runs import load_trained
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde.config import DataConfig
-from scoresde.data.feeding import IN_MEMORY_DATASETS, device_batches, resolve_num_workers
-from scoresde.data.image_formats import DatasetError
-from scoresde.data.pipeline import train_batches
+from scoresde.setup.config import DataConfig
+from scoresde.setup.data.feeding import IN_MEMORY_DATASETS, device_batches, resolve_num_workers
+from scoresde.setup.data.image_formats import DatasetError
+from scoresde.setup.data.pipeline import train_batches
 
 CPU = torch.device("cpu")
 SEED = 1234

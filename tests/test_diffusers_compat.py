@@ -21,7 +21,7 @@ from scoresde.interop.diffusers import (
     ncsnpp_state_dict_to_diffusers,
 )
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.presets.networks_ncsnpp import PRESETS
+from scoresde.setup.presets.networks_ncsnpp import PRESETS
 
 
 def _config(

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from scoresde.data.digits import DIGITS_LEVELS, load_digits_labeled_split, load_digits_split
+from scoresde.setup.data.digits import DIGITS_LEVELS, load_digits_labeled_split, load_digits_split
 
 
 def test_shapes_dtype_and_grey_levels():

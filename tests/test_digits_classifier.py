@@ -11,8 +11,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from scoresde.data.digits import load_digits_labeled_split
-from scoresde.evaluation import digits_classifier as dc
+from scoresde.jobs.evaluation import digits_classifier as dc
+from scoresde.setup.data.digits import load_digits_labeled_split
 
 CACHE_NAME = "digits_classifier_v1_seed0.safetensors"
 
@@ -247,8 +247,8 @@ def test_real_digits_are_closer_to_real_digits_than_noise_is(cached, digits):
 def test_conditional_accuracy_of_real_digits_by_their_labels():
     """Real held-out digits, labelled with their true classes, are what class-conditional
     samples should look like: the independent classifier recognises them (99% held out)."""
-    from scoresde.data.digits import load_digits_labeled_split
-    from scoresde.evaluation.digits_classifier import conditional_accuracy
+    from scoresde.jobs.evaluation.digits_classifier import conditional_accuracy
+    from scoresde.setup.data.digits import load_digits_labeled_split
 
     _, _, images, labels = load_digits_labeled_split()
     result = conditional_accuracy(images, labels)

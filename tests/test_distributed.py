@@ -18,13 +18,13 @@ import time
 import pytest
 import torch
 
-from scoresde.checkpoint import load_checkpoint
 from scoresde.cli import main
-from scoresde.config_io import apply_overrides
-from scoresde.presets import get_preset
-from scoresde.seeding import BatchRows
-from scoresde.training.loop import NonFiniteLossError, train
-from scoresde.training.state import batch_layout
+from scoresde.core.seeding import BatchRows
+from scoresde.infra.checkpoint import load_checkpoint
+from scoresde.jobs.training.loop import NonFiniteLossError, train
+from scoresde.jobs.training.state import batch_layout
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.presets import get_preset
 
 TOY = ["train.log_every=5", "train.checkpoint_every=4", "train.batch_size=64"]
 SETS = [arg for item in TOY for arg in ("--set", item)]
@@ -149,7 +149,7 @@ def test_two_processes_train_the_one_process_weights_and_resume_after_sigterm(tm
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import scoresde.training.objectives as objectives
+    import scoresde.jobs.training.objectives as objectives
 
     real_build_loss = objectives.build_loss
     calls = {"n": 0}

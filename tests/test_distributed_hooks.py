@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.checkpoint import load_checkpoint
 from scoresde.cli import main
-from scoresde.config_io import apply_overrides
-from scoresde.presets import get_preset
-from scoresde.training.loop import NonFiniteLossError, train
-from scoresde.training.step_window import resolve_sync_every
+from scoresde.infra.checkpoint import load_checkpoint
+from scoresde.jobs.training.loop import NonFiniteLossError, train
+from scoresde.jobs.training.step_window import resolve_sync_every
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.presets import get_preset
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ SMALL = ["train.batch_size=64", "model.hidden=32", "model.depth=2", "train.tenso
 # group's timeout, which the test sets to a few seconds.
 SLOW_RANK0 = """
 import os, sys, time
-import scoresde.training.hooks as hooks
+import scoresde.jobs.training.hooks as hooks
 SLOW = float(os.environ["SLOW_SECONDS"])
 slept = set()
 def slowed(name, real):
@@ -53,7 +53,7 @@ sys.exit(main(sys.argv[1:]))
 COUNTING = """
 import json, os, sys
 import torch, torch.distributed as dist
-import scoresde.training.loop as loop
+import scoresde.jobs.training.loop as loop
 counts = {"reads": 0, "all_reduce": 0}
 package = os.sep + "scoresde" + os.sep
 def counted(kind, real):
@@ -131,7 +131,7 @@ def test_the_old_rank0_hooks_would_have_timed_out(tmp_path):
     script = SLOW_RANK0.replace(
         'for name in ("generate", "likelihood_on_ranks", "save_checkpoint"):\n'
         "    setattr(hooks, name, slowed(name, getattr(hooks, name)))",
-        "import scoresde.distributed as d\n"
+        "import scoresde.infra.distributed as d\n"
         "d.barrier = slowed('barrier', lambda: d.dist.barrier())",
     )
     proc = _torchrun(tmp_path, script, tmp_path / "run", 4,
@@ -163,7 +163,7 @@ def test_two_ranks_read_the_device_and_reduce_only_at_their_votes(tmp_path):
 def test_a_nan_between_votes_names_its_step_and_keeps_the_checkpoint_before_it(
     tmp_path, monkeypatch
 ):
-    import scoresde.training.objectives as objectives
+    import scoresde.jobs.training.objectives as objectives
 
     real_build_loss = objectives.build_loss
     calls = {"n": 0}

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from scoresde import ScoreModel, sample, tweedie_denoise
-from scoresde.data.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
-from scoresde.importance import time_proposal
-from scoresde.likelihood import log_likelihood
-from scoresde.losses import check_loss, edm_loss, edm_times, edm_weight
-from scoresde.score import edm_coefficients
-from scoresde.sde_base import SDE
-from scoresde.sdes import EDMSDE, VESDE, VPSDE, SubVPSDE
+from scoresde.core.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
+from scoresde.core.score import edm_coefficients
+from scoresde.core.sde_base import SDE
+from scoresde.core.sdes import EDMSDE, VESDE, VPSDE, SubVPSDE
+from scoresde.methods.importance import time_proposal
+from scoresde.methods.likelihood import log_likelihood
+from scoresde.methods.losses import check_loss, edm_loss, edm_times, edm_weight
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.checkpoint import ema_model_state_dict
-from scoresde.training.ema import EMA
+from scoresde.infra.checkpoint import ema_model_state_dict
+from scoresde.jobs.training.ema import EMA
 
 
 def _linear(w: float, b: float) -> nn.Linear:

@@ -18,17 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-import scoresde.evaluation.samples as samples_module
+import scoresde.jobs.evaluation.samples as samples_module
 from scoresde.cli import main
-from scoresde.config_io import apply_overrides
-from scoresde.evaluation.evaluate import check_evaluation, evaluate
-from scoresde.evaluation.features import EvaluationError, extract_features
-from scoresde.evaluation.metrics import feature_statistics, frechet_distance, inception_score
-from scoresde.evaluation.samples import SampleStore
-from scoresde.presets import get_preset
-from scoresde.rundir import OutputExistsError
-from scoresde.runs import evaluate_likelihood, generate, load_trained
-from scoresde.training.loop import train
+from scoresde.infra.rundir import OutputExistsError
+from scoresde.jobs.evaluation.evaluate import check_evaluation, evaluate
+from scoresde.jobs.evaluation.features import EvaluationError, extract_features
+from scoresde.jobs.evaluation.metrics import feature_statistics, frechet_distance, inception_score
+from scoresde.jobs.evaluation.samples import SampleStore
+from scoresde.jobs.runs import evaluate_likelihood, generate, load_trained
+from scoresde.jobs.training.loop import train
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.presets import get_preset
 
 FAST = [
     "sample.num_steps=4",
@@ -86,7 +86,7 @@ def test_metrics_are_those_of_the_samples_features(digits_checkpoint, tmp_path):
         assert f["images_uint8"].shape == (12, 8, 8, 1) and f["images_uint8"].dtype == np.uint8
     assert torch.allclose(stored, x, atol=1e-5)  # batches of 5 give the samples of one batch
     fake = extract_features(tiny, stored)
-    from scoresde.data.pipeline import load_split
+    from scoresde.setup.data.pipeline import load_split
 
     train_features = extract_features(tiny, load_split(run.cfg.data, "train"))["features"]
     expected = frechet_distance(

@@ -13,11 +13,9 @@ import torch
 
 import scoresde
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.build import sampler_config
 from scoresde.cli import main
-from scoresde.config import ConfigError, SampleConfig
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import (
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.methods.sampling import (
     GRIDS,
     check_sampler,
     ddim_sampler,
@@ -27,8 +25,10 @@ from scoresde.sampling import (
     heun_sampler,
     log_snr_time_grid,
 )
-from scoresde.sampling import SAMPLERS as RULES
-from scoresde.sampling.fast_ode import multistep_orders
+from scoresde.methods.sampling import SAMPLERS as RULES
+from scoresde.methods.sampling.fast_ode import multistep_orders
+from scoresde.setup.build import sampler_config
+from scoresde.setup.config import ConfigError, SampleConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

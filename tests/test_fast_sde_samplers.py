@@ -7,7 +7,7 @@ Gaussian data ``N(mu, c^2 I)`` has the closed-form probability flow
 samplers must reproduce the data's moments (and a mixture's mode weights) within Monte-Carlo
 error plus measured allowances. The adaptive solver is checked in low dimension (``n = 1, 2, 3``),
 where an error test that selects on the Brownian increment shows at once (its rejected values are
-kept as Brownian bridges, :mod:`scoresde.sampling.brownian`), and in ``D = 32``.
+kept as Brownian bridges, :mod:`scoresde.methods.sampling.brownian`), and in ``D = 32``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, tweedie_denoise
-from scoresde._tensor import randn_like
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import adaptive_sde_sampler, edm_stochastic_sampler
-from scoresde.sampling.grids import edm_time_grid
-from scoresde.sdes import reverse_sde
-from scoresde.seeding import SampleStreams
+from scoresde.core._tensor import randn_like
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.sdes import reverse_sde
+from scoresde.core.seeding import SampleStreams
+from scoresde.methods.sampling import adaptive_sde_sampler, edm_stochastic_sampler
+from scoresde.methods.sampling.grids import edm_time_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -441,9 +441,9 @@ def test_shape_generic_and_float32(method):
 
 
 def test_the_stochastic_samplers_are_entries_of_the_sampler_table():
-    from scoresde.build import sampler_config
-    from scoresde.config import SampleConfig
-    from scoresde.sampling import SAMPLERS, sample
+    from scoresde.methods.sampling import SAMPLERS, sample
+    from scoresde.setup.build import sampler_config
+    from scoresde.setup.config import SampleConfig
 
     method, options = sampler_config(SampleConfig(method="edm", num_steps=12, s_churn=5.0))
     assert method == "edm" and options["s_churn"] == 5.0 and options["num_steps"] == 12

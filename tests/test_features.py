@@ -13,15 +13,19 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from scoresde.evaluation.features import (
+from scoresde.jobs.evaluation.features import (
     EvaluationError,
     FeatureExtractor,
     MissingDependencyError,
     extract_features,
 )
-from scoresde.evaluation.inception import INCEPTION_WEIGHTS_URL, InceptionV3Features, to_uint8_rgb
-from scoresde.evaluation.metrics import feature_statistics
-from scoresde.evaluation.reference import load_reference, save_reference
+from scoresde.jobs.evaluation.inception import (
+    INCEPTION_WEIGHTS_URL,
+    InceptionV3Features,
+    to_uint8_rgb,
+)
+from scoresde.jobs.evaluation.metrics import feature_statistics
+from scoresde.jobs.evaluation.reference import load_reference, save_reference
 
 INCEPTION_MODULE = "torch_fidelity.feature_extractor_inceptionv3"
 

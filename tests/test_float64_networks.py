@@ -21,7 +21,10 @@ from scoresde.nn.mlp import ScoreMLP
 from scoresde.nn.ncsn import NCSN, NCSNv2
 from scoresde.nn.ncsnpp import NCSNpp
 from scoresde.nn.unet import SmallUNet
-from scoresde.presets.networks_ncsnpp import ddpmpp_cifar10_continuous, ncsnpp_cifar10_continuous
+from scoresde.setup.presets.networks_ncsnpp import (
+    ddpmpp_cifar10_continuous,
+    ncsnpp_cifar10_continuous,
+)
 
 _NCSNPP_SMALL = {"image_size": 8, "nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
                  "attn_resolutions": (4,), "dropout": 0.0, "num_scales": 10}  # fmt: skip

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, sample
-from scoresde.data.mixture import GaussianMixture, mixture_class_log_prob_fn, mixture_score_fn
-from scoresde.guidance import classifier_free_guidance, classifier_guidance
+from scoresde.core.mixture import GaussianMixture, mixture_class_log_prob_fn, mixture_score_fn
+from scoresde.methods.guidance import classifier_free_guidance, classifier_guidance
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde.data.image_formats import DatasetError, ImageFileDataset, MirroredDataset
-from scoresde.data.images import (
+from scoresde.core.transforms import center, random_horizontal_flip, uncenter, uniform_dequantize
+from scoresde.setup.data.image_formats import DatasetError, ImageFileDataset, MirroredDataset
+from scoresde.setup.data.images import (
     IMAGE_DATASETS,
     celeba,
     cifar10,
@@ -25,7 +26,6 @@ from scoresde.data.images import (
     load_image_dataset,
     lsun,
 )
-from scoresde.data.transforms import center, random_horizontal_flip, uncenter, uniform_dequantize
 
 PER_BATCH = 10
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

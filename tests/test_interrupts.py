@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from scoresde.checkpoint import load_checkpoint
 from scoresde.cli import main
+from scoresde.infra.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ if where:
     setattr(os, where, patched)
 at, _, signum = os.environ.get("SCORESDE_TEST_SIGNAL_AT", "::").partition(":")
 if at:
-    import scoresde.training.loop as loop
+    import scoresde.jobs.training.loop as loop
     real_step = loop.train_step
     def step(state, *args, **kwargs):
         out = real_step(state, *args, **kwargs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, colorize, inpaint
-from scoresde.inverse import couple, decouple, project_known
+from scoresde.methods.inverse import couple, decouple, project_known
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -157,7 +157,7 @@ def test_colorize_keeps_grey_and_samples_the_chroma():
 def test_inpaint_samples_the_conditional_mixture(sde):
     """Known ``x_1 = a`` of a 2-D mixture of isotropic Gaussians: the missing ``x_2`` follows
     the mixture of ``N(mu_k2, s_k^2)`` with weights ``w_k N(a; mu_k1, s_k^2)`` renormalised."""
-    from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+    from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
     mix = GaussianMixture(
         torch.tensor([0.5, 0.3, 0.2], dtype=F64),
@@ -200,7 +200,7 @@ def test_inpainting_works_with_the_fast_samplers(sde, method, options):
     any of them: the known coordinate is kept exactly and the missing one follows the
     closed-form conditional mixture to the method's bias (replacement with a few-step sampler
     is approximate; measured: weights within 0.04, stds within 7%)."""
-    from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+    from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
     mix = GaussianMixture(
         torch.tensor([0.5, 0.3, 0.2], dtype=F64),
@@ -234,7 +234,7 @@ def test_inpainting_works_with_the_adaptive_sampler(sde):
     mode's std. Checked: the mode weights (within 4 Monte-Carlo errors + 0.04) and the std of
     the 15 missing coordinates per mode (within 8 %). Measured (VE, VP): weights within 0.02,
     stds within 1.5 %; in ``D = 2`` the second mode's std came out 10-12 % too small."""
-    from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+    from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
     dim, a, n = 16, 0.3, 1000
     means = torch.zeros(3, dim, dtype=F64)

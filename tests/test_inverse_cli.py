@@ -12,7 +12,7 @@ from PIL import Image
 
 from scoresde import VESDE
 from scoresde.cli import main
-from scoresde.inverse import OrthogonalOperator, linear_inverse
+from scoresde.methods.inverse import OrthogonalOperator, linear_inverse
 
 F64 = torch.float64
 
@@ -73,9 +73,9 @@ def test_orthogonal_projection_samples_the_gaussian_conditional():
 
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     out = tmp_path_factory.mktemp("digitsrun")
     cfg = apply_overrides(
@@ -152,9 +152,9 @@ def test_colorize_cli_needs_an_rgb_model(digits_checkpoint, tmp_path, capsys):
 
 
 def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     gen = np.random.default_rng(0)
     (tmp_path / "imgs").mkdir()
@@ -201,8 +201,8 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
     assert colour.shape == (2, 3, 8, 8) and (out / "colorized.png").is_file()
     # The command is the library's colorization (whose grey is kept exactly: test_inverse.py),
     # with the run's seed and the same per-image streams.
-    from scoresde.image_jobs import colorize_images
-    from scoresde.runs import load_trained
+    from scoresde.jobs.image_jobs import colorize_images
+    from scoresde.jobs.runs import load_trained
 
     run = load_trained(result.checkpoint, device="cpu")
     expected = colorize_images(
@@ -213,7 +213,7 @@ def test_colorize_cli_keeps_the_grey_of_an_rgb_model(tmp_path, capsys):
 
 
 def test_user_images_come_from_a_file_a_folder_an_npy_or_an_npz(tmp_path):
-    from scoresde.image_jobs import read_user_images
+    from scoresde.jobs.image_jobs import read_user_images
 
     pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
     Image.fromarray(pixels).save(tmp_path / "one.png")

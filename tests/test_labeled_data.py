@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.config import DataConfig
-from scoresde.data.digits import load_digits_labeled_split, load_digits_split
-from scoresde.data.mixture import GaussianMixture
-from scoresde.data.pipeline import (
+from scoresde.core.mixture import GaussianMixture
+from scoresde.setup.config import DataConfig
+from scoresde.setup.data.digits import load_digits_labeled_split, load_digits_split
+from scoresde.setup.data.pipeline import (
     LABELED_DATASETS,
     TOY_SPLIT_SIZES,
     load_labeled_split,
@@ -21,7 +21,7 @@ from scoresde.data.pipeline import (
     num_classes,
     train_batches,
 )
-from scoresde.data.toy import toy_gmm
+from scoresde.setup.data.toy import toy_gmm
 
 IN_MEMORY = ["gmm", "moons", "digits"]
 

@@ -13,8 +13,8 @@ import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
 from scoresde.cli import main
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.latent import decode, encode, interpolate, slerp
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.methods.latent import decode, encode, interpolate, slerp
 
 F64 = torch.float64
 SDES = {"VE": VESDE(sigma_max=50.0), "VP": VPSDE(), "subVP": SubVPSDE()}
@@ -130,9 +130,9 @@ FAST = ["--set", "sample.ode_rtol=1e-3", "--set", "sample.ode_atol=1e-3", "--thr
 
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
-    from scoresde.config_io import apply_overrides
-    from scoresde.presets import get_preset
-    from scoresde.training.loop import train
+    from scoresde.jobs.training.loop import train
+    from scoresde.setup.config_io import apply_overrides
+    from scoresde.setup.presets import get_preset
 
     out = tmp_path_factory.mktemp("digits")
     overrides = ["train.steps=2", "train.batch_size=16", "model.nf=8", "device=cpu"]
@@ -142,7 +142,7 @@ def digits_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digit_images(tmp_path_factory):
-    from scoresde.data.digits import load_digits_split
+    from scoresde.setup.data.digits import load_digits_split
 
     path = tmp_path_factory.mktemp("images") / "digits.npy"
     np.save(path, load_digits_split()[1][:4, 0].numpy())  # (4, 8, 8): no channel axis

@@ -16,8 +16,8 @@ from scoresde import (
     log_likelihood,
     uniform_dequantize,
 )
-from scoresde.data.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
-from scoresde.sampling import solve_probability_flow
+from scoresde.core.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
+from scoresde.methods.sampling import solve_probability_flow
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

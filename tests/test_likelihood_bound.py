@@ -1,7 +1,7 @@
 """The variational bound on the negative log-likelihood, checked against exact answers.
 
 For Gaussian-mixture data and the exact score the bound's expectation is known in closed form
-(:mod:`scoresde.likelihood_bound`): ``E_data[bound] = H(p_data * N(0, sigma_e^2 I)) +
+(:mod:`scoresde.methods.likelihood_bound`): ``E_data[bound] = H(p_data * N(0, sigma_e^2 I)) +
 KL(p_T || pi)`` with ``sigma_e = s(eps) / m(eps)``. Both terms are evaluated here with the
 mixture's exact densities, independently of the bound's code, on SDEs whose prior mismatch is
 large enough (``sigma_max = 1.5``, ``beta_max = 2``) for the gap to stand many standard errors
@@ -18,18 +18,18 @@ import pytest
 import torch
 
 from scoresde.cli import main
-from scoresde.config_io import apply_overrides
-from scoresde.data.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
-from scoresde.data.pipeline import load_split, to_model_scale
-from scoresde.evaluation.evaluate import evaluate
-from scoresde.importance import time_proposal
-from scoresde.likelihood import bits_per_dim
-from scoresde.likelihood_bound import bound_bpd, likelihood_bound
-from scoresde.presets import get_preset
-from scoresde.runs import evaluate_bound, load_trained
-from scoresde.sdes import VESDE, VPSDE, SubVPSDE
-from scoresde.seeding import SampleStreams, derive_seed
-from scoresde.training.loop import train
+from scoresde.core.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
+from scoresde.core.sdes import VESDE, VPSDE, SubVPSDE
+from scoresde.core.seeding import SampleStreams, derive_seed
+from scoresde.jobs.evaluation.evaluate import evaluate
+from scoresde.jobs.runs import evaluate_bound, load_trained
+from scoresde.jobs.training.loop import train
+from scoresde.methods.importance import time_proposal
+from scoresde.methods.likelihood import bits_per_dim
+from scoresde.methods.likelihood_bound import bound_bpd, likelihood_bound
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.data.pipeline import load_split, to_model_scale
+from scoresde.setup.presets import get_preset
 
 F64 = torch.float64
 MIX = GaussianMixture(

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, dequantized_bpd, log_likelihood, make_score_fn
-from scoresde.data.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
-from scoresde.likelihood import _joint_rms, _per_example_rms
-from scoresde.sampling.grids import edm_time_grid, log_snr_time_grid
+from scoresde.core.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
+from scoresde.methods.likelihood import _joint_rms, _per_example_rms
+from scoresde.methods.sampling.grids import edm_time_grid, log_snr_time_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

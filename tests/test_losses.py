@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, ddpm_loss, dsm_loss, make_score_fn, smld_loss
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from scoresde.evaluation.metrics import (
+from scoresde.jobs.evaluation.metrics import (
     FeatureStats,
     feature_statistics,
     frechet_distance,

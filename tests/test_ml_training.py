@@ -14,14 +14,14 @@ import math
 import pytest
 import torch
 
-from scoresde.config import ConfigError, TrainConfig
-from scoresde.config_io import apply_overrides
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.importance import likelihood_ratio, time_proposal
-from scoresde.losses import dsm_loss
-from scoresde.presets import get_preset
-from scoresde.sdes import VESDE, VPSDE, SubVPSDE
-from scoresde.training.loop import train
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.sdes import VESDE, VPSDE, SubVPSDE
+from scoresde.jobs.training.loop import train
+from scoresde.methods.importance import likelihood_ratio, time_proposal
+from scoresde.methods.losses import dsm_loss
+from scoresde.setup.config import ConfigError, TrainConfig
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.presets import get_preset
 
 F64 = torch.float64
 SDES = [VESDE(), VPSDE(), SubVPSDE()]

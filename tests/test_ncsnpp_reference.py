@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.checkpoint import load_checkpoint
-from scoresde.config_io import config_from_dict, load_config
+from scoresde.infra.checkpoint import load_checkpoint
 from scoresde.interop.convert import config_from_official, convert_official
 from scoresde.interop.official import (
     OfficialCheckpointError,
@@ -24,13 +23,14 @@ from scoresde.interop.official import (
     official_ema_state_dict,
     official_state_dict_to_ours,
 )
+from scoresde.jobs.runs import load_trained
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.presets.networks_ncsnpp import (
+from scoresde.setup.config_io import config_from_dict, load_config
+from scoresde.setup.presets.networks_ncsnpp import (
     PRESETS,
     ddpmpp_cifar10_continuous,
     ncsnpp_cifar10_continuous,
 )
-from scoresde.runs import load_trained
 
 TINY = ("ncsnpp_ve_tiny", "ddpmpp_vp_tiny")
 CHECKPOINT = "ncsnpp_ve_nf8_checkpoint.pth"

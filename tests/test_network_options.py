@@ -1,4 +1,5 @@
-"""Network options: one definition per architecture (``scoresde.networks.MODELS``), checked against
+"""Network options: one definition per architecture (``scoresde.setup.networks.MODELS``), checked
+against
 the network's constructor, so that an unknown or misspelt key is an error, not silently dropped."""
 
 from __future__ import annotations
@@ -8,23 +9,23 @@ from dataclasses import fields
 
 import pytest
 
-from scoresde.build import build_model
-from scoresde.config import (
+from scoresde.setup.build import build_model
+from scoresde.setup.config import (
     Config,
     ConfigError,
     DataConfig,
     ModelConfig,
     SDEConfig,
 )
-from scoresde.data.pipeline import data_shape
-from scoresde.networks import (
+from scoresde.setup.data.pipeline import data_shape
+from scoresde.setup.networks import (
     _CONTEXT,
     MODELS,
     Option,
     model_config_from_network,
     network_definition,
 )
-from scoresde.presets import networks_baselines, networks_ncsnpp
+from scoresde.setup.presets import networks_baselines, networks_ncsnpp
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from scoresde import ScoreModel, sample
-from scoresde.data.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
-from scoresde.importance import time_proposal
-from scoresde.likelihood import log_likelihood
-from scoresde.losses import dsm_loss
-from scoresde.sdes import SDE
+from scoresde.core.mixture import GaussianMixture, mixture_log_prob, mixture_score_fn
+from scoresde.core.sdes import SDE
+from scoresde.methods.importance import time_proposal
+from scoresde.methods.likelihood import log_likelihood
+from scoresde.methods.losses import dsm_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

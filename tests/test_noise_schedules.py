@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.sampling import edm_time_grid, log_snr_time_grid, uniform_time_grid
+from scoresde.methods.sampling import edm_time_grid, log_snr_time_grid, uniform_time_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, ode_sample, tweedie_denoise
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import solve_probability_flow
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.methods.sampling import solve_probability_flow
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,10 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from scoresde.build import build_model
-from scoresde.checkpoint import load_checkpoint
-from scoresde.config_io import config_to_dict, load_config
-from scoresde.data.pipeline import data_shape
+from scoresde.infra.checkpoint import load_checkpoint
 from scoresde.interop.convert import config_from_official, convert_official
 from scoresde.interop.official import (
     OfficialCheckpointError,
@@ -28,11 +25,14 @@ from scoresde.interop.official import (
     official_network,
     official_state_dict_to_ours,
 )
-from scoresde.networks import model_config_from_network, network_definition
+from scoresde.jobs.runs import load_trained
 from scoresde.nn.ddpm import DDPM
 from scoresde.nn.ncsn import NCSN, NCSNv2
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.runs import load_trained
+from scoresde.setup.build import build_model
+from scoresde.setup.config_io import config_to_dict, load_config
+from scoresde.setup.data.pipeline import data_shape
+from scoresde.setup.networks import model_config_from_network, network_definition
 
 CHECKPOINT = "ncsnpp_ve_nf8_checkpoint.pth"
 DATA = {"image_size": 16, "num_channels": 3, "centered": False}

@@ -8,10 +8,10 @@ CIFAR-10 NCSN++ / DDPM++ ones are in ``shared/reference/keys_*.txt``.
 import pytest
 import torch
 
-from scoresde.build import build_loss, build_model, build_sde, sampler_config
-from scoresde.config import Config
-from scoresde.presets import PRESETS, get_preset
-from scoresde.presets.paper import PAPER_PRESETS
+from scoresde.setup.build import build_loss, build_model, build_sde, sampler_config
+from scoresde.setup.config import Config
+from scoresde.setup.presets import PRESETS, get_preset
+from scoresde.setup.presets.paper import PAPER_PRESETS
 
 OFFICIAL_PARAMETERS = {
     "ve_cifar10_ncsnpp_continuous": 62_758_915,

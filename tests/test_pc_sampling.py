@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, pc_sample, tweedie_denoise, uniform_time_grid
-from scoresde._tensor import randn_like
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import (
+from scoresde.core._tensor import randn_like
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.methods.sampling import (
     CORRECTORS,
     PREDICTORS,
     ancestral_sampling,

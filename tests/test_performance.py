@@ -1,6 +1,7 @@
 """The performance switches: activation checkpointing, channels-last, TF32 flags, compile.
 
-Every network kind is built tiny through :func:`scoresde.build.build_model`, its parameters are
+Every network kind is built tiny through :func:`scoresde.setup.build.build_model`, its parameters
+are
 replaced by noise (zero-initialised output layers would hide everything) and one training loss
 is differentiated with and without activation checkpointing: the loss and every gradient must
 agree to float64 round-off, dropout included (the recomputation replays the random state).
@@ -16,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.build import build_loss, build_model, build_score_fn, build_sde
-from scoresde.config import Config, DataConfig, ModelConfig, SDEConfig, TrainConfig
-from scoresde.data.pipeline import data_shape
+from scoresde.jobs.training.performance import prepare_network, tf32, to_memory_format
 from scoresde.nn.checkpointing import enable_activation_checkpointing, is_activation_checkpointed
-from scoresde.training.performance import prepare_network, tf32, to_memory_format
+from scoresde.setup.build import build_loss, build_model, build_score_fn, build_sde
+from scoresde.setup.config import Config, DataConfig, ModelConfig, SDEConfig, TrainConfig
+from scoresde.setup.data.pipeline import data_shape
 
 _DIGITS = DataConfig(dataset="digits")
 _VE = SDEConfig(kind="ve", sigma_min=0.01, sigma_max=10.0, N=10)

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE, pc_sample
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.sampling import PREDICTORS, check_sampler
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.methods.sampling import PREDICTORS, check_sampler
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import scoresde
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

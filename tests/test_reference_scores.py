@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import scoresde as S
-from scoresde._tensor import append_dims
-from scoresde.build import build_model
+from scoresde.core._tensor import append_dims
 from scoresde.interop.convert import config_from_official
 from scoresde.interop.official import official_state_dict_to_ours
+from scoresde.setup.build import build_model
 
 CASES = [("ncsnpp_ve_tiny.pt", "VE", S.VESDE()), ("ddpmpp_vp_tiny.pt", "VP", S.VPSDE()),
          ("ddpmpp_vp_tiny.pt", "subVP", S.SubVPSDE())]

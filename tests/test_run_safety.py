@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scoresde.cli import main
-from scoresde.config import resumable_keys
-from scoresde.rundir import config_differences, describe_differences, summarize
+from scoresde.infra.rundir import config_differences, describe_differences, summarize
+from scoresde.setup.config import resumable_keys
 
 TINY = ["--no-progress", "--device", "cpu", "--threads", "1",
         "--set", "model.hidden=32", "--set", "model.depth=2", "--set", "train.batch_size=64"]

@@ -11,12 +11,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from scoresde.build import build_model, build_sde
-from scoresde.config import ConfigError
-from scoresde.config_io import apply_overrides
-from scoresde.presets import get_preset
-from scoresde.runs import TrainedModel, evaluate_likelihood, generate, load_trained
-from scoresde.training.loop import train
+from scoresde.jobs.runs import TrainedModel, evaluate_likelihood, generate, load_trained
+from scoresde.jobs.training.loop import train
+from scoresde.setup.build import build_model, build_sde
+from scoresde.setup.config import ConfigError
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.presets import get_preset
 
 # bf16 keeps 8 bits of mantissa (relative resolution 2^-8 ~ 4e-3): over 8 Heun steps the samples
 # (radius ~4) move by ~1e-2 on average and by at most ~5e-2; float32 rounding alone is ~1e-6.

@@ -9,10 +9,10 @@ import torch
 
 import scoresde
 from scoresde.cli import main
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.inverse import inpaint
-from scoresde.sampling import check_sampler, sampler_options
-from scoresde.seeding import SampleStreams
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.seeding import SampleStreams
+from scoresde.methods.inverse import inpaint
+from scoresde.methods.sampling import check_sampler, sampler_options
 
 MIX = GaussianMixture(
     torch.tensor([0.3, 0.7]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), torch.tensor([0.3, 0.5])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
-from scoresde.names import (
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.names import (
     CORRECTOR_NAMES,
     ERROR_NORM_NAMES,
     FIXED_STEP_METHODS,
@@ -18,10 +18,18 @@ from scoresde.names import (
     PREDICTOR_NAMES,
     SAMPLER_NAMES,
 )
-from scoresde.sampler_options import GridOptions, OptionError
-from scoresde.sampling import CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, Rule, integrate, sample
-from scoresde.sampling.fast_sde import ERROR_NORMS, edm_prepare
-from scoresde.sampling.scaled import sampler_times
+from scoresde.core.sampler_options import GridOptions, OptionError
+from scoresde.methods.sampling import (
+    CORRECTORS,
+    GRIDS,
+    PREDICTORS,
+    SAMPLERS,
+    Rule,
+    integrate,
+    sample,
+)
+from scoresde.methods.sampling.fast_sde import ERROR_NORMS, edm_prepare
+from scoresde.methods.sampling.scaled import sampler_times
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -114,7 +122,7 @@ def test_options_are_refused_by_name_with_the_valid_ones(method):
 
 
 def _names(method):
-    from scoresde.sampler_options import option_names
+    from scoresde.core.sampler_options import option_names
 
     return option_names(SAMPLERS[method].options)
 
@@ -156,8 +164,8 @@ def test_edm_churn_is_normalised_by_the_number_of_noise_levels_as_in_edm():
 
 
 def test_every_table_is_keyed_by_the_one_list_of_names():
-    from scoresde.likelihood import ERROR_NORMS as LIKELIHOOD_NORMS
-    from scoresde.sampling.ode import FIXED_STEP_METHODS as ODE_FIXED
+    from scoresde.methods.likelihood import ERROR_NORMS as LIKELIHOOD_NORMS
+    from scoresde.methods.sampling.ode import FIXED_STEP_METHODS as ODE_FIXED
 
     assert tuple(SAMPLERS) == SAMPLER_NAMES
     assert tuple(GRIDS) == GRID_NAMES

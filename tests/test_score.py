@@ -9,7 +9,7 @@ import torch
 
 from conftest import Recorder
 from scoresde import VESDE, VPSDE, SubVPSDE, make_score_fn, tweedie_denoise
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

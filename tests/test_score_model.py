@@ -19,11 +19,11 @@ from torch import nn
 import scoresde
 from conftest import Recorder
 from scoresde import SDE, VESDE, VPSDE, ScoreModel, SubVPSDE, make_score_fn, tweedie_denoise
-from scoresde.build import build_score_fn
-from scoresde.config import Config
-from scoresde.config_io import apply_overrides
-from scoresde.data.mixture import GaussianMixture, mixture_score_fn
+from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 from scoresde.nn.mlp import ScoreMLP
+from scoresde.setup.build import build_score_fn
+from scoresde.setup.config import Config
+from scoresde.setup.config_io import apply_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -170,14 +170,6 @@ def test_make_score_fn_builds_a_score_model():
     assert (sm.continuous, sm.parametrization, sm.labels, sm.model_kwargs) == (
         False, "eps", "sigma", {"shift": 1.0})
     assert scoresde.ScoreModel is ScoreModel
-
-
-def test_one_score_fn_type():
-    from scoresde import _types, sdes
-    from scoresde import score as score_mod
-
-    assert score_mod.ScoreFn is _types.ScoreFn
-    assert sdes.ScoreFn is _types.ScoreFn
 
 
 @pytest.mark.parametrize(("kind", "continuous", "expected"), [

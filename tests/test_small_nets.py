@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.data.toy import toy_gmm
 from scoresde.nn.embeddings import sinusoidal_embedding
 from scoresde.nn.mlp import ScoreMLP
 from scoresde.nn.unet import SmallUNet
+from scoresde.setup.data.toy import toy_gmm
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from scoresde.data import toy
-from scoresde.data.toy import (
+from scoresde.setup.data import toy
+from scoresde.setup.data.toy import (
     TOY_DATASETS,
     TOY_NUM_CLASSES,
     sample_toy,

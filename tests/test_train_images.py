@@ -54,7 +54,7 @@ def test_image_training_resumes_bit_exactly(fake_cifar10_tarball, tmp_path):
     3 + 3 steps give the weights of 6 straight steps, across an epoch boundary."""
     import torch
 
-    from scoresde.checkpoint import load_checkpoint
+    from scoresde.infra.checkpoint import load_checkpoint
 
     small = [f"data.root={fake_cifar10_tarball}", *SHRINK, "model.nf=8", "train.batch_size=16",
              "data.random_flip=true"]

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.build import build_model, build_sde
-from scoresde.config_io import apply_overrides
-from scoresde.data.toy import toy_gmm
-from scoresde.presets import get_preset
-from scoresde.rundir import OutputExistsError
-from scoresde.runs import evaluate_likelihood, generate, load_trained
-from scoresde.training.ema import EMA
-from scoresde.training.loop import train
-from scoresde.training.state import warmup_lr
+from scoresde.infra.rundir import OutputExistsError
+from scoresde.jobs.runs import evaluate_likelihood, generate, load_trained
+from scoresde.jobs.training.ema import EMA
+from scoresde.jobs.training.loop import train
+from scoresde.jobs.training.state import warmup_lr
+from scoresde.setup.build import build_model, build_sde
+from scoresde.setup.config_io import apply_overrides
+from scoresde.setup.data.toy import toy_gmm
+from scoresde.setup.presets import get_preset
 
 
 def _tiny(steps: int, **kw):
@@ -138,8 +138,8 @@ def test_time_cap_is_reported(tmp_path):
 
 
 def test_make_optimizer_uses_the_config():
-    from scoresde.config import TrainConfig
-    from scoresde.training.optim import make_optimizer
+    from scoresde.jobs.training.optim import make_optimizer
+    from scoresde.setup.config import TrainConfig
 
     tc = TrainConfig(lr=3e-4, beta1=0.8, adam_eps=1e-6, weight_decay=0.01)
     opt = make_optimizer(torch.nn.Linear(3, 3).parameters(), tc)
@@ -165,9 +165,9 @@ def test_conditional_batches_reach_the_network(tmp_path):
 
 
 def test_the_score_objective_passes_the_labels_on():
-    from scoresde.data.pipeline import Batch
-    from scoresde.training.objectives import build_objective
-    from scoresde.training.state import MicroBatch, TrainState, train_step
+    from scoresde.jobs.training.objectives import build_objective
+    from scoresde.jobs.training.state import MicroBatch, TrainState, train_step
+    from scoresde.setup.data.pipeline import Batch
 
     seen = {}
     net = torch.nn.Linear(2, 2)
@@ -224,7 +224,7 @@ def test_evaluation_hook_appends_the_test_likelihood(tmp_path):
 
 
 def test_snapshots_are_kept_every_so_many_steps_and_never_rewritten(tmp_path):
-    from scoresde.checkpoint import load_checkpoint
+    from scoresde.infra.checkpoint import load_checkpoint
 
     cfg = _tiny(6, **{"train.checkpoint_every": 4, "train.snapshot_every": 2})
     train(cfg, tmp_path, progress=False)

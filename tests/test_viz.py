@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde.viz import save_image_grid, save_loss_curve, save_scatter
+from scoresde.infra.viz import save_image_grid, save_loss_curve, save_scatter
 
 
 def test_image_grid_geometry_and_pixels(tmp_path):
@@ -93,7 +93,7 @@ def test_loss_curve_png(tmp_path):
 def test_import_leaves_the_matplotlib_backend_alone():
     code = (
         "import sys, matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend'); "
-        "before = raw(); import scoresde.viz; "
+        "before = raw(); import scoresde.infra.viz; "
         "assert 'matplotlib.pyplot' not in sys.modules; "
         "assert raw() == before, (before, raw()); print('ok')"
     )

@@ -5,26 +5,9 @@ problems, guidance and the latent space. Everything outside the networks works w
 ``score_fn(x, t)``.
 """
 
-from scoresde.classifier import NoiseClassifier, classifier_loss
-from scoresde.data.transforms import uniform_dequantize
-from scoresde.guidance import classifier_free_guidance, classifier_guidance
-from scoresde.importance import time_proposal
-from scoresde.inverse import colorize, inpaint, linear_inverse
-from scoresde.latent import decode, encode, interpolate, slerp
-from scoresde.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
-from scoresde.likelihood_bound import bound_bpd, likelihood_bound
-from scoresde.losses import ddpm_loss, dsm_loss, smld_loss
-from scoresde.sampling import (
-    CORRECTORS,
-    PREDICTORS,
-    SAMPLERS,
-    ode_sample,
-    pc_sample,
-    sample,
-    uniform_time_grid,
-)
-from scoresde.score import ScoreModel, make_score_fn, tweedie_denoise
-from scoresde.sdes import (
+from scoresde.core.classifier import NoiseClassifier, classifier_loss
+from scoresde.core.score import ScoreModel, make_score_fn, tweedie_denoise
+from scoresde.core.sdes import (
     SDE,
     VESDE,
     VPSDE,
@@ -32,6 +15,23 @@ from scoresde.sdes import (
     probability_flow_drift,
     reverse_discretize,
     reverse_sde,
+)
+from scoresde.core.transforms import uniform_dequantize
+from scoresde.methods.guidance import classifier_free_guidance, classifier_guidance
+from scoresde.methods.importance import time_proposal
+from scoresde.methods.inverse import colorize, inpaint, linear_inverse
+from scoresde.methods.latent import decode, encode, interpolate, slerp
+from scoresde.methods.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
+from scoresde.methods.likelihood_bound import bound_bpd, likelihood_bound
+from scoresde.methods.losses import ddpm_loss, dsm_loss, smld_loss
+from scoresde.methods.sampling import (
+    CORRECTORS,
+    PREDICTORS,
+    SAMPLERS,
+    ode_sample,
+    pc_sample,
+    sample,
+    uniform_time_grid,
 )
 
 __version__ = "0.1.0"

@@ -24,10 +24,10 @@ COMMANDS = {**RUN_COMMANDS, **IMAGE_COMMANDS}
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scoresde`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from scoresde import distributed
-    from scoresde.checkpoint import CheckpointError
-    from scoresde.finite import NonFiniteSamplesError
-    from scoresde.training.loop import NonFiniteLossError, TrainingInterruptedError
+    from scoresde.infra import distributed
+    from scoresde.infra.checkpoint import CheckpointError
+    from scoresde.jobs.finite import NonFiniteSamplesError
+    from scoresde.jobs.training.loop import NonFiniteLossError, TrainingInterruptedError
 
     try:
         if getattr(args, "threads", 0) < 0:

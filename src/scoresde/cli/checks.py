@@ -1,6 +1,7 @@
 """Checks every command makes before any work: option values, ``--out``, data paths, configs.
 
-Each raises a ``ValueError`` (or :class:`~scoresde.checkpoint.CheckpointError`) with a one-line
+Each raises a ``ValueError`` (or :class:`~scoresde.infra.checkpoint.CheckpointError`) with a
+one-line
 message, which the command line prints and exits with status 2. They are cheap: no network is
 built, no dataset decoded (CIFAR-10's tarball is checked by its first member's header), no
 sampler run; a checkpoint's config is read from its header only.
@@ -17,7 +18,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from scoresde.config_rules import SEED_LIMIT
+from scoresde.setup.config_rules import SEED_LIMIT
 
 
 def finite_float(text: str) -> float:
@@ -57,11 +58,11 @@ def seed_value(text: str) -> int:
 def check_out(
     out: str | Path, names: Iterable[str] = (), *, overwrite: bool = False, what: str = "output"
 ) -> Path:
-    """``--out`` as :func:`scoresde.rundir.check_output_dir` checks it (not a file, no earlier
+    """``--out`` as :func:`scoresde.infra.rundir.check_output_dir` checks it (not a file, no earlier
     output unless ``overwrite``), and that it can be created or written to: a folder whose
     nearest existing parent is not a writable folder (``/proc/x``, a read-only disk) is refused
     now, not after the work. Nothing is left behind."""
-    from scoresde.rundir import check_output_dir
+    from scoresde.infra.rundir import check_output_dir
 
     out = check_output_dir(out, list(names), overwrite=overwrite, what=what)
     path = out.absolute()
@@ -104,12 +105,12 @@ def run_config(checkpoint: str | Path, overrides: Iterable[str] = (), *, classif
     """The config of the run ``checkpoint`` (a checkpoint file or its run folder) from the
     checkpoint's header, with ``overrides`` applied: what a command checks before it loads the
     network. A classifier's run where a score model is wanted (or the reverse, for
-    ``classifier``) is refused as :func:`scoresde.runs.load_trained` refuses it."""
-    from scoresde.build import is_classifier
-    from scoresde.checkpoint import CheckpointError, checkpoint_config
-    from scoresde.config import ConfigError
-    from scoresde.config_io import apply_overrides, config_from_dict
-    from scoresde.run_models import checkpoint_file
+    ``classifier``) is refused as :func:`scoresde.jobs.runs.load_trained` refuses it."""
+    from scoresde.infra.checkpoint import CheckpointError, checkpoint_config
+    from scoresde.jobs.run_models import checkpoint_file
+    from scoresde.setup.build import is_classifier
+    from scoresde.setup.config import ConfigError
+    from scoresde.setup.config_io import apply_overrides, config_from_dict
 
     path = checkpoint_file(checkpoint)
     try:
@@ -127,12 +128,12 @@ def run_config(checkpoint: str | Path, overrides: Iterable[str] = (), *, classif
 
 
 def header_run(cfg):
-    """What :func:`scoresde.conditioning.check_conditioning` reads of a run (``cfg``, ``sde``,
+    """What :func:`scoresde.jobs.conditioning.check_conditioning` reads of a run (``cfg``, ``sde``,
     ``shape``, ``num_classes``), from its config alone: no network."""
     from types import SimpleNamespace
 
-    from scoresde.build import build_sde
-    from scoresde.data.pipeline import data_shape
+    from scoresde.setup.build import build_sde
+    from scoresde.setup.data.pipeline import data_shape
 
     return SimpleNamespace(
         cfg=cfg, sde=build_sde(cfg.sde), shape=data_shape(cfg.data),
@@ -141,11 +142,11 @@ def header_run(cfg):
 
 
 def check_data(cfg, splits: Iterable[str]) -> None:
-    """The data of ``cfg`` (a :class:`~scoresde.config.Config`) can be read for ``splits``:
+    """The data of ``cfg`` (a :class:`~scoresde.setup.config.Config`) can be read for ``splits``:
     digits and the 2-D toys always can; an image dataset's ``data.root`` must exist in its
     format (CIFAR-10: the tarball's first member or the batch files; folders, CelebA, LSUN:
     their image files are listed, none decoded)."""
-    from scoresde.data.pipeline import data_shape, image_dataset, is_image_data
+    from scoresde.setup.data.pipeline import data_shape, image_dataset, is_image_data
 
     data = cfg.data
     data_shape(data)
@@ -161,8 +162,13 @@ def check_data(cfg, splits: Iterable[str]) -> None:
 
 
 def _check_cifar10(root: Path, split: str) -> None:
-    from scoresde.data.cifar import CIFAR10_BATCHES, CIFAR10_DIR, CIFAR10_LAYOUT, CIFAR10_TARBALL
-    from scoresde.data.image_formats import DatasetError
+    from scoresde.setup.data.cifar import (
+        CIFAR10_BATCHES,
+        CIFAR10_DIR,
+        CIFAR10_LAYOUT,
+        CIFAR10_TARBALL,
+    )
+    from scoresde.setup.data.image_formats import DatasetError
 
     if not root.exists():
         raise DatasetError(f"data.root {root} does not exist; {CIFAR10_LAYOUT}")

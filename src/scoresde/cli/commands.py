@@ -43,7 +43,7 @@ def _report_training(command: str, stopped_by: str, steps: int) -> None:
 
 
 def _cmd_demo(a) -> int:
-    from scoresde.demo import demo_config, run_demo
+    from scoresde.jobs.demo import demo_config, run_demo
 
     if a.steps is not None:
         check_count("--steps", a.steps, 1)
@@ -71,10 +71,10 @@ def _cmd_demo(a) -> int:
 def _training_config(a, *, classifier: bool):
     """The config of ``--preset`` or ``--config`` with the run options and ``--set`` overrides;
     for ``train-classifier``, the classifier run of a score preset or config."""
-    from scoresde.build import is_classifier
-    from scoresde.config_io import apply_overrides, load_config
-    from scoresde.presets import get_preset
-    from scoresde.presets.classifiers import classifier_preset
+    from scoresde.setup.build import is_classifier
+    from scoresde.setup.config_io import apply_overrides, load_config
+    from scoresde.setup.presets import get_preset
+    from scoresde.setup.presets.classifiers import classifier_preset
 
     if a.preset and a.config:
         raise ValueError("give --preset or --config, not both")
@@ -97,10 +97,10 @@ def _train(a, cfg, command: str):
     on rank 0, else ``None``."""
     import contextlib
 
-    from scoresde import distributed
-    from scoresde.training.loop import train
-    from scoresde.training.objectives import check_labels
-    from scoresde.training.resume import check_resume
+    from scoresde.infra import distributed
+    from scoresde.jobs.training.loop import train
+    from scoresde.jobs.training.objectives import check_labels
+    from scoresde.jobs.training.resume import check_resume
 
     check_labels(cfg)
     check_out(a.out, [DEMO_REPORT], overwrite=a.overwrite, what="a finished demo")
@@ -136,8 +136,8 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_train_classifier(a) -> int:
-    from scoresde.rundir import atomic_write
-    from scoresde.runs import classifier_accuracy, load_classifier
+    from scoresde.infra.rundir import atomic_write
+    from scoresde.jobs.runs import classifier_accuracy, load_classifier
 
     cfg = _training_config(a, classifier=True)
     result = _train(a, cfg, "train-classifier")
@@ -155,11 +155,11 @@ def _cmd_sample(a) -> int:
 
     import torch
 
-    from scoresde.conditioning import check_conditioning
-    from scoresde.config_io import save_config
-    from scoresde.runs import generate_classes, load_classifier, load_trained
-    from scoresde.sampling import check_sampler
-    from scoresde.viz import save_image_grid, save_scatter
+    from scoresde.infra.viz import save_image_grid, save_scatter
+    from scoresde.jobs.conditioning import check_conditioning
+    from scoresde.jobs.runs import generate_classes, load_classifier, load_trained
+    from scoresde.methods.sampling import check_sampler
+    from scoresde.setup.config_io import save_config
 
     check_count("--num-samples", a.num_samples, 1)
     if a.batch_size is not None:
@@ -219,7 +219,7 @@ def _cmd_sample(a) -> int:
         if classifier is not None:
             summary.update(classifier=str(a.classifier), classifier_step=classifier.step)
         if run.cfg.data.dataset == "digits":
-            from scoresde.evaluation.digits_classifier import conditional_accuracy
+            from scoresde.jobs.evaluation.digits_classifier import conditional_accuracy
 
             summary["digits_classifier_accuracy"] = conditional_accuracy(samples, sample_labels)
     if samples.ndim == 4:
@@ -232,8 +232,8 @@ def _cmd_sample(a) -> int:
 
 
 def _cmd_likelihood(a) -> int:
-    from scoresde.data.pipeline import load_split
-    from scoresde.runs import evaluate_bound, evaluate_likelihood, load_trained
+    from scoresde.jobs.runs import evaluate_bound, evaluate_likelihood, load_trained
+    from scoresde.setup.data.pipeline import load_split
 
     check_count("--num-examples", a.num_examples, 0)
     cfg = run_config(a.checkpoint)
@@ -258,7 +258,7 @@ def _cmd_likelihood(a) -> int:
 
 
 def _cmd_presets(a) -> int:
-    from scoresde.presets import PRESETS
+    from scoresde.setup.presets import PRESETS
 
     width = max(map(len, PRESETS))
     for name, fn in PRESETS.items():
@@ -295,12 +295,12 @@ def _cmd_convert(a) -> int:
 def _cmd_evaluate(a) -> int:
     from dataclasses import replace
 
-    from scoresde import distributed
-    from scoresde.config import ConfigError
-    from scoresde.config_io import apply_overrides
-    from scoresde.evaluation.evaluate import OUTPUTS, check_evaluation, evaluate
-    from scoresde.runs import load_trained
-    from scoresde.sampling import check_sampler
+    from scoresde.infra import distributed
+    from scoresde.jobs.evaluation.evaluate import OUTPUTS, check_evaluation, evaluate
+    from scoresde.jobs.runs import load_trained
+    from scoresde.methods.sampling import check_sampler
+    from scoresde.setup.config import ConfigError
+    from scoresde.setup.config_io import apply_overrides
 
     for name, value in (("--num-samples", a.num_samples), ("--batch-size", a.batch_size)):
         if value is not None:

@@ -1,6 +1,7 @@
 """The subcommands on a user's images: ``encode``, ``interpolate``, ``inpaint``, ``colorize``.
 
-Each is a thin shell over a job of :mod:`scoresde.runs`: it checks the arguments, ``--out``, the
+Each is a thin shell over a job of :mod:`scoresde.jobs.runs`: it checks the arguments, ``--out``,
+the
 images (and mask) against the run's config read from the checkpoint's header first, then loads
 the network, runs the job and writes arrays and a picture. ``--images`` and ``--image`` are one
 option.
@@ -27,7 +28,7 @@ def _checked_images(a, outputs: list[str], what: str, method: str | None = None)
     ODE's for the latent commands); no network is built yet."""
     from dataclasses import replace
 
-    from scoresde.image_jobs import read_user_images
+    from scoresde.jobs.image_jobs import read_user_images
 
     check_out(a.out, outputs, overwrite=a.overwrite, what=what)
     images = read_user_images(a.images)
@@ -38,8 +39,8 @@ def _checked_images(a, outputs: list[str], what: str, method: str | None = None)
 
 
 def _cmd_encode(a) -> int:
-    from scoresde.image_jobs import encode_images, images_for_model
-    from scoresde.runs import load_trained
+    from scoresde.jobs.image_jobs import encode_images, images_for_model
+    from scoresde.jobs.runs import load_trained
 
     images, cfg, opts = _checked_images(a, ["latents.npy", "decoded.png"], "latents", "ode")
     images = images_for_model(images, cfg, a.images, note=_note(a))
@@ -56,8 +57,8 @@ def _cmd_encode(a) -> int:
 
 
 def _cmd_interpolate(a) -> int:
-    from scoresde.image_jobs import images_for_model, interpolate_images
-    from scoresde.runs import load_trained
+    from scoresde.jobs.image_jobs import images_for_model, interpolate_images
+    from scoresde.jobs.runs import load_trained
 
     check_count("--num", a.num, 2)
     check_count("--first", a.first, 0)
@@ -85,7 +86,7 @@ def _cmd_interpolate(a) -> int:
 
 def _read_mask(path, shape):
     """``--mask`` PNG (white = known) as a 0/1 tensor ``(1, C, H, W)`` for examples ``shape``."""
-    from scoresde.data.image_formats import decode_image, image_to_tensor
+    from scoresde.setup.data.image_formats import decode_image, image_to_tensor
 
     check_file(path, "--mask")
     mask = (image_to_tensor(decode_image(path)).mean(0) > 0.5).float()
@@ -96,7 +97,7 @@ def _read_mask(path, shape):
 
 def _grey_for_colour_model(images, cfg, path):
     """``colorize``'s input checks: an RGB model, grey or RGB images of its size."""
-    from scoresde.data.pipeline import data_shape
+    from scoresde.setup.data.pipeline import data_shape
 
     shape = tuple(data_shape(cfg.data))
     if len(shape) != 3 or shape[0] != 3:
@@ -115,7 +116,7 @@ def _inverse_command(a, name: str, what: str, job, fit) -> int:
     """The shell of ``inpaint`` and ``colorize``: ``fit(images, cfg)`` checks the inputs
     against the run's config (before the network is built), ``job(run, images, **kw)`` does
     the work."""
-    from scoresde.runs import load_trained
+    from scoresde.jobs.runs import load_trained
 
     images, cfg, opts = _checked_images(a, [f"{name}.npy", f"{name}.png"], what)
     images = fit(images, cfg)
@@ -134,8 +135,8 @@ def _inverse_command(a, name: str, what: str, job, fit) -> int:
 
 
 def _cmd_inpaint(a) -> int:
-    from scoresde.data.pipeline import data_shape
-    from scoresde.image_jobs import images_for_model, inpaint_images
+    from scoresde.jobs.image_jobs import images_for_model, inpaint_images
+    from scoresde.setup.data.pipeline import data_shape
 
     mask = None
 
@@ -152,7 +153,7 @@ def _cmd_inpaint(a) -> int:
 
 
 def _cmd_colorize(a) -> int:
-    from scoresde.image_jobs import colorize_images
+    from scoresde.jobs.image_jobs import colorize_images
 
     def fit(images, cfg):
         return _grey_for_colour_model(images, cfg, a.images)

@@ -41,7 +41,7 @@ interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next training step (statu
 
 
 def train_notes() -> str:
-    from scoresde.config import resumable_keys
+    from scoresde.setup.config import resumable_keys
 
     keys = textwrap.fill(
         ", ".join(sorted(resumable_keys())), 92, initial_indent="  ", subsequent_indent="  "
@@ -72,7 +72,7 @@ what: a noise-conditional classifier p_t(y | x) of the preset's data perturbed b
   (section 5 and appendix I.1 of the paper), for classifier guidance: scoresde sample
   --classifier RUN --class K --guidance W. Networks: a residual MLP for the 2-D toys, a small
   Wide-ResNet for 8x8 digits, the paper's Wide-ResNet-28-10 for CIFAR-10 and other images
-  (scoresde.presets.classifiers); --set model.* / train.* change them. --config takes a run's
+  (scoresde.setup.presets.classifiers); --set model.* / train.* change them. --config takes a run's
   config.json: a score run's gets its classifier, a classifier run's is trained as it is.
 files: the run folder of scoresde train (config.json, checkpoint.safetensors, metrics.jsonl,
   ...), plus accuracy.json: the EMA classifier's test accuracy against t. Resume, interrupts
@@ -94,7 +94,7 @@ classes: --class K (or K1,K2,... or all) draws --num-samples samples of each cla
 
 
 def sample_notes() -> str:
-    from scoresde.config_rules import sampler_defaults_text
+    from scoresde.setup.config_rules import sampler_defaults_text
 
     return f"""\
 steps: each sampler's own step count and grid (sample.num_steps, sample.grid) when --method or

@@ -7,8 +7,8 @@ def overrides(run_cfg, items: list[str], section: str) -> dict:
     """Parse ``section.key=value`` items into a dict of the changed fields of that section."""
     from dataclasses import asdict
 
-    from scoresde.config import ConfigError
-    from scoresde.config_io import apply_overrides
+    from scoresde.setup.config import ConfigError
+    from scoresde.setup.config_io import apply_overrides
 
     for item in items:
         if not item.startswith(f"{section}."):
@@ -28,14 +28,14 @@ all threads, so the choice costs a second or two at most."""
 def set_threads(a, device, make_score_fn, shape, batch_size: int, *, backward: bool) -> None:
     """Decide the CPU thread count once for the whole command: ``--threads N``, or for N = 0
     the faster of 1 and all threads on one call of the command's main workload
-    (:func:`scoresde.threads.tune_for_score_fn`; ``make_score_fn()`` builds it) when that call
+    (:func:`scoresde.infra.threads.tune_for_score_fn`; ``make_score_fn()`` builds it) when that call
     is small (:data:`TUNE_CALL_SECONDS` on one thread, measured on growing batches up to
     ``batch_size``), else all threads. Under ``torchrun`` N = 0 keeps the per-process count
     torchrun sets (``OMP_NUM_THREADS``). Commands call it after all their checks."""
     import torch
 
-    from scoresde.distributed import launched_by_torchrun
-    from scoresde.threads import tune_for_score_fn
+    from scoresde.infra.distributed import launched_by_torchrun
+    from scoresde.infra.threads import tune_for_score_fn
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -81,15 +81,15 @@ def set_threads_for_training(a, cfg) -> None:
     """``--threads`` for a command that trains: timed on a forward and backward pass of a
     throw-away copy of the config's network at its training batch size (a classifier run
     times its classifier)."""
-    from scoresde.build import (
+    from scoresde.infra.devices import resolve_device
+    from scoresde.setup.build import (
         build_classifier_fn,
         build_model,
         build_score_fn,
         build_sde,
         is_classifier,
     )
-    from scoresde.data.pipeline import data_shape
-    from scoresde.devices import resolve_device
+    from scoresde.setup.data.pipeline import data_shape
 
     def make_score_fn():
         if is_classifier(cfg):

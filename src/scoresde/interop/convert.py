@@ -7,8 +7,9 @@ config and writes ``out_dir/checkpoint.safetensors`` and ``out_dir/config.json``
 ``scoresde sample`` and ``scoresde likelihood`` take like any trained run. The config is a
 preset (the released CIFAR-10 checkpoints go with ``ve_cifar10_ncsnpp_continuous`` and friends)
 or is read from the official config as JSON (:func:`config_from_official`). This is the one
-conversion: the weights go through :func:`scoresde.build.build_model`,
-:func:`scoresde.checkpoint.save_checkpoint` and :func:`scoresde.config_io.save_config`, as a trained
+conversion: the weights go through :func:`scoresde.setup.build.build_model`,
+:func:`scoresde.infra.checkpoint.save_checkpoint` and :func:`scoresde.setup.config_io.save_config`,
+as a trained
 run's do.
 """
 
@@ -19,10 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoresde.build import build_model
-from scoresde.checkpoint import save_checkpoint
-from scoresde.config import Config, DataConfig, SampleConfig, SDEConfig, TrainConfig
-from scoresde.config_io import config_to_dict, save_config
+from scoresde.infra.checkpoint import save_checkpoint
+from scoresde.infra.rundir import CHECKPOINT_NAME, CONFIG_NAME, check_output_dir
 from scoresde.interop.official import (
     OfficialCheckpointError,
     check_official_file,
@@ -32,9 +31,11 @@ from scoresde.interop.official import (
     official_network,
     official_state_dict_to_ours,
 )
-from scoresde.networks import model_config_from_network
-from scoresde.presets import get_preset
-from scoresde.rundir import CHECKPOINT_NAME, CONFIG_NAME, check_output_dir
+from scoresde.setup.build import build_model
+from scoresde.setup.config import Config, DataConfig, SampleConfig, SDEConfig, TrainConfig
+from scoresde.setup.config_io import config_to_dict, save_config
+from scoresde.setup.networks import model_config_from_network
+from scoresde.setup.presets import get_preset
 
 _DATASETS = {
     "CIFAR10": "cifar10",

@@ -61,6 +61,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from scoresde.core.seeding import private_global_rng
 from scoresde.interop.diffusers_config import (
     DiffusersCompatError,
     _checked_layout,
@@ -68,7 +69,6 @@ from scoresde.interop.diffusers_config import (
     ncsnpp_kwargs_from_diffusers,
 )
 from scoresde.nn.ncsnpp import NCSNpp
-from scoresde.seeding import private_global_rng
 
 __all__ = [
     "WEIGHT_FILES",

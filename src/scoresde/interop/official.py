@@ -35,13 +35,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from scoresde.checkpoint import FORMAT_NAME
+from scoresde.infra.checkpoint import FORMAT_NAME
+from scoresde.infra.rundir import summarize
 from scoresde.interop.official_config import (
     OfficialNetwork,
     from_official_config,
     official_network,
 )
-from scoresde.rundir import summarize
 
 __all__ = [
     "OfficialCheckpointError",

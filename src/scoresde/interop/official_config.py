@@ -5,7 +5,7 @@
 (our network's name plus its keyword arguments) after checking the options the network does not
 support. Loading checkpoints is :mod:`scoresde.interop.official`'s job, writing scoresde runs
 from them :mod:`scoresde.interop.convert`'s; networks are built by
-:func:`scoresde.build.build_model` only.
+:func:`scoresde.setup.build.build_model` only.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ class OfficialNetwork:
 
     Attributes:
         name: the scoresde network (``ModelConfig.name``): ``'ncsnpp'``, ``'ddpm'``, ``'ncsn'``
-            or ``'ncsnv2'``; :func:`scoresde.build.build_model` builds it from a config.
+            or ``'ncsnv2'``; :func:`scoresde.setup.build.build_model` builds it from a config.
         kwargs: keyword arguments of that network's class (``NCSNpp``, ``DDPM``, ``NCSN``,
-            ``NCSNv2``), as :func:`scoresde.networks.model_config_from_network` takes them.
+            ``NCSNv2``), as :func:`scoresde.setup.networks.model_config_from_network` takes them.
     """
 
     name: str

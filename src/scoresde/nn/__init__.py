@@ -7,8 +7,8 @@ are small networks for the digits demo and 2-D toy data. ``NoiseConditionalWideR
 classifiers ``(x, sigma) -> logits`` of classifier guidance. Class-conditional networks take
 ``class_labels``; :data:`NULL_LABEL` marks a row without a label (classifier-free guidance).
 Official checkpoints and diffusers folders load through :mod:`scoresde.interop`;
-:func:`scoresde.build.build_model` builds a network from a config, and the paper's network
-options are in :mod:`scoresde.presets`.
+:func:`scoresde.setup.build.build_model` builds a network from a config, and the paper's network
+options are in :mod:`scoresde.setup.presets`.
 """
 
 from scoresde.nn.classifiers import NoiseConditionalMLPClassifier, NoiseConditionalWideResNet

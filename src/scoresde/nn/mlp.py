@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from scoresde._tensor import append_dims
+from scoresde.core._tensor import append_dims
 from scoresde.nn.embeddings import add_class_embedding
 from scoresde.nn.unet import EmbeddingType, NoiseEmbedding
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from scoresde._tensor import append_dims
+from scoresde.core._tensor import append_dims
 from scoresde.nn.embeddings import (
     GaussianFourierProjection,
     add_class_embedding,

@@ -1,0 +1,2 @@
+"""Training: the loop, the optimiser and the EMA of weights
+(checkpoints: scoresde.infra.checkpoint)."""

@@ -1,1 +1,0 @@
-"""Training: the loop, the optimiser and the EMA of weights (checkpoints: scoresde.checkpoint)."""
