@@ -3,8 +3,8 @@ through a noise-conditional classifier (classifier guidance, eq. 14) or through 
 labels (a label-conditional model, with classifier-free guidance).
 
 :func:`conditional_score_fn` turns the classes of a batch into one ``score_fn(x, t)``, so every
-sampler samples them unchanged. The runs are :class:`scoresde.jobs.runs.TrainedModel` and
-:class:`scoresde.jobs.runs.TrainedClassifier`.
+sampler samples them unchanged. The runs are :class:`scoresde.jobs.run_models.TrainedModel` and
+:class:`scoresde.jobs.run_models.TrainedClassifier`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scoresde.core.sdes import SDE
 from scoresde.methods.guidance import classifier_free_guidance, classifier_guidance
 
 if TYPE_CHECKING:
-    from scoresde.jobs.runs import TrainedClassifier, TrainedModel
+    from scoresde.jobs.run_models import TrainedClassifier, TrainedModel
 
 
 def _check_labels_range(labels: Tensor, classes: int, what: str) -> None:

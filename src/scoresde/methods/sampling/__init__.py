@@ -12,6 +12,7 @@ from scoresde.methods.sampling.api import (
     dpmpp_3m_sampler,
     edm_stochastic_sampler,
     heun_sampler,
+    pc_sample,
     sample,
     sampler_options,
 )
@@ -25,7 +26,6 @@ from scoresde.methods.sampling.correctors import (
 from scoresde.methods.sampling.driver import Rule, Step, integrate
 from scoresde.methods.sampling.grids import edm_time_grid, log_snr_time_grid, uniform_time_grid
 from scoresde.methods.sampling.ode import ode_sample, solve_probability_flow
-from scoresde.methods.sampling.pc import pc_sample
 from scoresde.methods.sampling.predictors import (
     PREDICTORS,
     ancestral_sampling,

@@ -169,6 +169,33 @@ def sampler_function(method: str) -> Callable[..., tuple[Tensor, dict[str, Any]]
     return sampler
 
 
+def pc_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    generator: torch.Generator | Any | None = None,
+    project: Projection | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+    **options: Any,
+) -> Tensor:
+    """Predictor-corrector samples ``(B, ...)`` from ``x_T`` at time ``T`` down to ``eps``:
+    ``scoresde.sample(..., method="pc")`` without its ``info``.
+
+    Options (:class:`scoresde.core.sampler_options.PCOptions`): ``predictor``, ``corrector`` (names
+    from ``PREDICTORS``/``CORRECTORS`` or step functions), ``snr``, ``n_steps`` (corrector steps
+    per noise level), ``num_steps`` (predictor steps; default ``sde.N``), ``eps``, ``grid``,
+    ``rho``, ``time_grid`` (decreasing times instead of a named grid), ``denoise`` (a final
+    Tweedie step ``E[x_0 | x_eps]``). ``project(x, t)`` after every step (``t=None`` after
+    denoising); ``callback(i, t, x)`` after step ``i`` and once more after denoising. The cost
+    is ``num_steps * (1 + n_steps) + denoise`` score calls.
+    """
+    x, _ = sample(sde, score_fn, x_T, method="pc", generator=generator, project=project,
+                  callback=callback, progress=progress, **options)
+    return x
+
+
 ddim_sampler = sampler_function("ddim")
 heun_sampler = sampler_function("heun")
 dpmpp_2m_sampler = sampler_function("dpmpp_2m")

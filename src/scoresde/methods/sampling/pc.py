@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from scoresde.core.score import ScoreFn
 from scoresde.core.sdes import SDE
 from scoresde.methods.sampling.correctors import CORRECTORS
 from scoresde.methods.sampling.driver import Callback, Projection, Step
 from scoresde.methods.sampling.predictors import PREDICTORS
 
-__all__ = ["Callback", "Projection", "pc_prepare", "pc_sample", "pc_step", "resolve"]
+__all__ = ["Callback", "Projection", "pc_prepare", "pc_step", "resolve"]
 
 
 def resolve(choice, table: Mapping[str, Callable], kind: str) -> Callable:
@@ -47,32 +45,3 @@ def pc_step(s: Step, x: Tensor, memory: Any) -> tuple[Tensor, Any]:
         x = s.project(x, s.t_next)
         x, _ = corrector(s.sde, s.score, x, s.t_next, snr=s.options.snr, generator=s.generator)
     return x, memory
-
-
-def pc_sample(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x_T: Tensor,
-    *,
-    generator: torch.Generator | Any | None = None,
-    project: Projection | None = None,
-    progress: bool = False,
-    callback: Callback | None = None,
-    **options: Any,
-) -> Tensor:
-    """Predictor-corrector samples ``(B, ...)`` from ``x_T`` at time ``T`` down to ``eps``:
-    ``scoresde.sample(..., method="pc")`` without its ``info``.
-
-    Options (:class:`scoresde.core.sampler_options.PCOptions`): ``predictor``, ``corrector`` (names
-    from ``PREDICTORS``/``CORRECTORS`` or step functions), ``snr``, ``n_steps`` (corrector steps
-    per noise level), ``num_steps`` (predictor steps; default ``sde.N``), ``eps``, ``grid``,
-    ``rho``, ``time_grid`` (decreasing times instead of a named grid), ``denoise`` (a final
-    Tweedie step ``E[x_0 | x_eps]``). ``project(x, t)`` after every step (``t=None`` after
-    denoising); ``callback(i, t, x)`` after step ``i`` and once more after denoising. The cost
-    is ``num_steps * (1 + n_steps) + denoise`` score calls.
-    """
-    from scoresde.methods.sampling.api import sample
-
-    x, _ = sample(sde, score_fn, x_T, method="pc", generator=generator, project=project,
-                  callback=callback, progress=progress, **options)
-    return x

@@ -402,7 +402,7 @@ def test_reverse_sde_and_probability_flow_algebra(name):
 
 
 # --------------------------------------------------------------------------------------------
-# Langevin constants (network labels and stds: tests/test_score_model.py)
+# Langevin constants (network labels and stds: tests/core/test_score_model.py)
 # --------------------------------------------------------------------------------------------
 
 

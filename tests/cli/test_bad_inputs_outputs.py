@@ -20,7 +20,7 @@ from scoresde.setup.config_io import load_config
 TINY = ["--no-progress", "--device", "cpu", "--threads", "1",
         "--set", "model.hidden=32", "--set", "model.depth=2", "--set", "train.batch_size=64"]
 QUIET = ["--no-progress", "--threads", "1"]
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")

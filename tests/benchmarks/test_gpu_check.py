@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.py"
 
 TRAIN = ("vp_cifar10_ddpmpp_continuous", "ve_cifar10_ncsnpp_continuous")

@@ -25,7 +25,7 @@ from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 F64 = torch.float64
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
