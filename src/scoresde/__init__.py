@@ -6,8 +6,9 @@ problems, guidance and the latent space. Everything outside the networks works w
 """
 
 from scoresde.core.classifier import NoiseClassifier, classifier_loss
-from scoresde.core.score import ScoreModel, make_score_fn, tweedie_denoise
+from scoresde.core.score import ScoreModel, edm_coefficients, make_score_fn, tweedie_denoise
 from scoresde.core.sdes import (
+    EDMSDE,
     SDE,
     VESDE,
     VPSDE,
@@ -23,7 +24,7 @@ from scoresde.methods.inverse import colorize, inpaint, linear_inverse
 from scoresde.methods.latent import decode, encode, interpolate, slerp
 from scoresde.methods.likelihood import bits_per_dim, dequantized_bpd, log_likelihood
 from scoresde.methods.likelihood_bound import bound_bpd, likelihood_bound
-from scoresde.methods.losses import ddpm_loss, dsm_loss, smld_loss
+from scoresde.methods.losses import ddpm_loss, dsm_loss, edm_loss, smld_loss
 from scoresde.methods.sampling import (
     CORRECTORS,
     PREDICTORS,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CORRECTORS",
+    "EDMSDE",
     "PREDICTORS",
     "SAMPLERS",
     "SDE",
@@ -56,6 +58,8 @@ __all__ = [
     "decode",
     "dequantized_bpd",
     "dsm_loss",
+    "edm_coefficients",
+    "edm_loss",
     "encode",
     "inpaint",
     "interpolate",

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", "Train on 8x8 digits, sample (PC, ODE, Heun), test bits/dim, inpaint.", DEMO_NOTES
     )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp"])
+    d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp", "edm"])
     d.add_argument("--steps", type=int, help="training steps (default: 1800)")
     d.add_argument(
         "--minutes", type=finite_float, help="optional cap on training wall time (default: none)"

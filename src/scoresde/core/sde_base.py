@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from scoresde.core._tensor import NoiseSource, append_dims, flat_sum, rand, randn
+from scoresde.core.names import NETWORK_CONVENTIONS
 
 TABLE_POINTS = 8193
 """Points of a tabulated inverse (geometric in ``t`` over ``[T 1e-9, T]``)."""
@@ -85,7 +86,7 @@ class SDE(abc.ABC):
     T: float = 1.0
     N: int = 1000
     prior_std: float = 1.0
-    network_convention: tuple[str, str] = ("eps", "time")
+    network_convention: tuple[str, str] = NETWORK_CONVENTIONS["vp"]  # the default family
 
     @abc.abstractmethod
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from scoresde.core._tensor import append_dims
 from scoresde.core._types import ScoreFn
+from scoresde.core.names import NETWORK_CONVENTIONS
 from scoresde.core.sde_base import SDE
 
 __all__ = [
@@ -57,7 +58,7 @@ class VESDE(SDE):
     N: int = 1000
     T: float = 1.0
 
-    network_convention = ("score", "sigma")
+    network_convention = NETWORK_CONVENTIONS["ve"]
 
     @property
     def prior_std(self) -> float:  # type: ignore[override]
@@ -138,7 +139,7 @@ class EDMSDE(SDE):
     sigma_max: float = 80.0
     N: int = 1000
 
-    network_convention = ("edm", "c_noise")
+    network_convention = NETWORK_CONVENTIONS["edm"]
 
     @property
     def T(self) -> float:  # type: ignore[override]  # noqa: N802 (the SDE's T)

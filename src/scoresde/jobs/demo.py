@@ -31,7 +31,8 @@ from scoresde.setup.config_io import apply_overrides
 from scoresde.setup.data.pipeline import load_split
 from scoresde.setup.presets import get_preset
 
-DEMO_SDES = ("ve", "vp", "subvp")
+DEMO_SDES = ("ve", "vp", "subvp", "edm")
+"""The demo's ``--sde`` choices: the ``digits_<sde>`` presets (``edm``: EDM's recipe)."""
 FAST_SAMPLER = ("heun", {"num_steps": 9, "grid": "log_snr"})
 """The demo's few-step sampler: EDM's Heun method on a log-SNR-uniform grid, 9 steps (19 score
 evaluations with the final denoising step). On the default demo model it scored a digits
@@ -131,7 +132,8 @@ def run_demo(
     save_image_grid(grid, out / "inpainting.png", nrow=8)
 
     steps, losses = zip(*result.losses, strict=True) if result.losses else ((), ())
-    save_loss_curve(list(steps), list(losses), out / "loss.png", title=f"DSM loss ({cfg.sde.kind})")
+    title = f"{cfg.train.loss.upper()} loss ({cfg.sde.kind})"
+    save_loss_curve(list(steps), list(losses), out / "loss.png", title=title)
     report = {
         "sde": cfg.sde.kind,
         "train_steps": result.steps,

@@ -25,12 +25,13 @@ from scoresde.core._tensor import (
     randn,
     randn_like,
 )
+from scoresde.core.names import LOSS_NAMES, loss_problem
 from scoresde.core.score import ScoreFn
 from scoresde.core.sdes import SDE, VESDE, VPSDE
 from scoresde.methods.importance import time_proposal
 
 REDUCTIONS = ("mean", "sum")
-LOSSES = ("dsm", "edm")
+LOSSES = LOSS_NAMES
 """The continuous-time losses (``train.loss``): :func:`dsm_loss` and :func:`edm_loss`."""
 
 
@@ -170,19 +171,12 @@ def check_loss(
     """Refuse a loss choice that makes no sense (one-line ``ValueError``): an unknown ``loss``,
     ``"edm"`` in discrete time, or ``"edm"`` with ``likelihood_weighting`` or
     ``importance_sampling`` (EDM's loss has its own weight and noise distribution; those two
-    are :func:`dsm_loss`'s), or ``importance_sampling`` without ``likelihood_weighting``."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
-    if loss == "edm":
-        if not continuous:
-            raise ValueError("the edm loss is continuous-time: it needs model.continuous=true")
-        if likelihood_weighting or importance_sampling:
-            raise ValueError(
-                "the edm loss has its own weighting and noise levels; likelihood_weighting and "
-                "importance_sampling are for the dsm loss"
-            )
-    elif importance_sampling and not likelihood_weighting:
-        raise ValueError("importance_sampling needs likelihood_weighting (q is g^2 / s^2)")
+    are :func:`dsm_loss`'s), or ``importance_sampling`` without ``likelihood_weighting``. The
+    rule is :func:`scoresde.core.names.loss_problem`, which the config checks too."""
+    problem = loss_problem(loss, continuous=continuous, likelihood_weighting=likelihood_weighting,
+                           importance_sampling=importance_sampling)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from scoresde.core.classifier import NoiseClassifier
+from scoresde.core.names import SDE_NAMES
 from scoresde.core.score import ScoreFn, ScoreModel, make_score_fn
-from scoresde.core.sdes import SDE, VESDE, VPSDE, SubVPSDE
+from scoresde.core.sdes import EDMSDE, SDE, VESDE, VPSDE, SubVPSDE
 from scoresde.core.seeding import derive_seed, private_global_rng
-from scoresde.methods.losses import ddpm_loss, dsm_loss, smld_loss
+from scoresde.methods.losses import check_loss, ddpm_loss, dsm_loss, edm_loss, smld_loss
 from scoresde.methods.sampling import check_sampler
 from scoresde.setup.config import Config, ModelConfig, SampleConfig, SDEConfig
 from scoresde.setup.config_rules import sample_for_method
@@ -23,14 +24,16 @@ LossFn = Callable[[ScoreFn, Tensor, "torch.Generator | None"], Tensor]
 
 
 def build_sde(cfg: SDEConfig) -> SDE:
-    """The SDE named by ``cfg.kind`` (``"ve"``, ``"vp"``, ``"subvp"``)."""
+    """The SDE named by ``cfg.kind`` (``"ve"``, ``"vp"``, ``"subvp"``, ``"edm"``)."""
     if cfg.kind == "ve":
         return VESDE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, N=cfg.N)
     if cfg.kind == "vp":
         return VPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.N)
     if cfg.kind == "subvp":
         return SubVPSDE(beta_min=cfg.beta_min, beta_max=cfg.beta_max, N=cfg.N)
-    raise ValueError(f"unknown sde {cfg.kind!r}; choose from ['subvp', 've', 'vp']")
+    if cfg.kind == "edm":
+        return EDMSDE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, N=cfg.N)
+    raise ValueError(f"unknown sde {cfg.kind!r}; choose from {', '.join(SDE_NAMES)}")
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -72,32 +75,26 @@ def build_classifier_fn(
     return NoiseClassifier(model, sde, compute_dtype=compute_dtype)
 
 
-SCORE_CONVENTIONS: dict[str, dict[str, str]] = {
-    "ve": {"parametrization": "score", "labels": "sigma"},
-    "vp": {"parametrization": "eps", "labels": "time"},
-    "subvp": {"parametrization": "eps", "labels": "time"},
-}
-
-
 def build_score_fn(
     model: nn.Module, sde: SDE, cfg: Config | ModelConfig, **kwargs: Any
 ) -> ScoreModel:
     """The :class:`~scoresde.ScoreModel` of ``model`` with the config's conventions.
 
-    With the full :class:`Config`, everything is explicit: time from ``cfg.model.continuous``,
-    the output parametrization and the labels from ``cfg.sde.kind`` (``SCORE_CONVENTIONS``).
+    With the full :class:`Config`: time from ``cfg.model.continuous``, the output
+    parametrization and the labels the SDE family's (``sde.network_convention``, read by
+    :class:`~scoresde.ScoreModel`), or ``cfg.model.parametrization`` when set (its labels then
+    derived by :class:`~scoresde.ScoreModel`: ``"c_noise"`` for ``"edm"``), and
+    ``cfg.model.sigma_data``.
     A bare :class:`ModelConfig` (older callers) gives the time convention only, and the rest is
     derived from ``sde`` (see :class:`~scoresde.ScoreModel`). ``kwargs`` (``model_kwargs``,
     ``compute_dtype``, or an explicit ``parametrization`` / ``labels``) go to
     :func:`~scoresde.make_score_fn` and take precedence.
     """
     if isinstance(cfg, Config):
-        if cfg.sde.kind not in SCORE_CONVENTIONS:
-            raise ValueError(
-                f"unknown sde {cfg.sde.kind!r}; choose from {sorted(SCORE_CONVENTIONS)}"
-            )
-        kwargs = {**SCORE_CONVENTIONS[cfg.sde.kind], **kwargs}
+        if cfg.model.parametrization:
+            kwargs = {"parametrization": cfg.model.parametrization, "labels": None, **kwargs}
         cfg = cfg.model
+    kwargs.setdefault("sigma_data", cfg.sigma_data)
     return make_score_fn(model, sde, continuous=cfg.continuous, **kwargs)
 
 
@@ -143,8 +140,20 @@ def build_sampling_score_fn(
 
 
 def build_loss(cfg: Config, sde: SDE) -> LossFn:
-    """``loss(score_fn, x0, generator) -> (B,)``: continuous DSM, or SMLD/DDPM when discrete."""
+    """``loss(score_fn, x0, generator) -> (B,)``: continuous DSM or EDM's loss
+    (``train.loss``), or SMLD/DDPM when discrete."""
     t = cfg.train
+    check_loss(t.loss, continuous=cfg.model.continuous,
+               likelihood_weighting=t.likelihood_weighting,
+               importance_sampling=t.importance_sampling)
+    if t.loss == "edm":
+
+        def edm(score_fn: ScoreFn, x0: Tensor, generator) -> Tensor:
+            return edm_loss(sde, score_fn, x0, P_mean=t.P_mean, P_std=t.P_std,
+                            sigma_data=cfg.model.sigma_data, eps=t.eps, reduce=t.reduce,
+                            generator=generator)
+
+        return edm
     if cfg.model.continuous:
 
         def continuous_loss(score_fn: ScoreFn, x0: Tensor, generator) -> Tensor:

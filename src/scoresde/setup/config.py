@@ -15,6 +15,9 @@ from scoresde.core.names import (
     FIXED_STEP_METHODS,
     GRID_NAMES,
     METRIC_NAMES,
+    PARAMETRIZATION_NAMES,
+    SDE_NAMES,
+    loss_problem,
 )
 from scoresde.setup.config_rules import config_problem
 from scoresde.setup.sample_config import SAMPLE_FIELDS, SampleConfig
@@ -98,7 +101,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """The forward SDE: ``kind`` is ``"ve"``, ``"vp"`` or ``"subvp"``; ``N`` discrete steps."""
+    """The forward SDE: ``kind`` is ``"ve"``, ``"vp"``, ``"subvp"`` or ``"edm"`` (EDM's
+    ``sigma(t) = t`` on ``[sigma_min, sigma_max]``, :class:`scoresde.core.sdes.EDMSDE`);
+    ``N`` discrete steps."""
 
     kind: str = "vp"
     sigma_min: float = 0.01
@@ -106,6 +111,10 @@ class SDEConfig:
     beta_min: float = 0.1
     beta_max: float = 20.0
     N: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.kind in SDE_NAMES,
+               f"unknown sde {self.kind!r}; choose from {', '.join(SDE_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,11 @@ class ModelConfig:
     and ``"mlp_classifier"`` (vectors; ``hidden``, ``depth``); both read ``num_classes`` (the
     dataset's) and ``fourier_scale``. Which field fills which constructor argument of each
     network: ``scoresde.setup.networks.MODELS``.
+
+    ``parametrization``: what the network outputs, ``""`` (the SDE family's: score for VE, eps
+    for VP and sub-VP, EDM's for ``sde.kind=edm``), ``"score"``, ``"eps"`` or ``"edm"`` (EDM's
+    preconditioning with data std ``sigma_data``, labels ``ln(sigma) / 4``; continuous time, a
+    positional embedding and no ``scale_by_sigma``; ``docs/edm.md``).
     """
 
     name: str = "unet"
@@ -156,6 +170,16 @@ class ModelConfig:
     num_classes: int = 0
     ncsnv2_variant: int = 0
     widen_factor: int = 10
+    parametrization: str = ""
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.parametrization in ("", *PARAMETRIZATION_NAMES),
+               f"model.parametrization must be '' or one of {', '.join(PARAMETRIZATION_NAMES)}, "
+               f"got {self.parametrization!r}")
+        _check(self.sigma_data > 0, f"model.sigma_data must be > 0, got {self.sigma_data}")
+        _check(self.parametrization != "edm" or self.continuous,
+               "model.parametrization=edm is continuous-time: it needs model.continuous=true")
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,8 @@ class TrainConfig:
     log-likelihood); ``importance_sampling`` (which needs it) also draws ``t`` from
     ``q(t) ∝ g^2 / s^2`` instead of ``U(eps, T)``: the same expected loss at a lower variance
     (Song et al., 2021, "Maximum Likelihood Training of Score-Based Diffusion Models").
+    ``loss``: ``"dsm"`` (eq. 7, these weightings) or ``"edm"`` (EDM's loss, ``ln sigma ~
+    N(P_mean, P_std^2)``, weight ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2``).
     """
 
     steps: int = field(default=4000, metadata=RESUMABLE)
@@ -229,6 +255,9 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=RESUMABLE)
     activation_checkpointing: bool = field(default=False, metadata=RESUMABLE)
     label_dropout: float = 0.0
+    loss: str = "dsm"
+    P_mean: float = -1.2
+    P_std: float = 1.2
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, f"train.steps must be >= 0, got {self.steps}")
@@ -254,10 +283,10 @@ class TrainConfig:
             0 <= self.label_dropout < 1,
             f"train.label_dropout must be in [0, 1), got {self.label_dropout}",
         )
-        _check(
-            self.likelihood_weighting or not self.importance_sampling,
-            "train.importance_sampling needs train.likelihood_weighting=true",
-        )
+        _check(self.P_std >= 0, f"train.P_std must be >= 0, got {self.P_std}")
+        problem = loss_problem(self.loss, likelihood_weighting=self.likelihood_weighting,
+                               importance_sampling=self.importance_sampling)
+        _check(problem is None, problem or "")
 
 
 @dataclass(frozen=True)

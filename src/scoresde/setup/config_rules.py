@@ -3,7 +3,9 @@
 :func:`sample_for_method` gives a sampler other than ``sample.method`` its own defaults
 (the one table of them is :data:`scoresde.core.sampler_options.OPTIONS`). :func:`config_problem`
 is what :class:`scoresde.setup.config.Config` checks on top of its sections: no float setting is NaN
-or infinite, and the seed lies in ``0 .. 2**63 - 1``. This module imports no torch.
+or infinite, the seed lies in ``0 .. 2**63 - 1``, the loss suits the model's time
+(:func:`scoresde.core.names.loss_problem`) and an EDM-preconditioned model has a network that
+can take its labels (:func:`edm_problem`). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+
+from scoresde.core.names import NETWORK_CONVENTIONS, loss_problem
 
 SEED_LIMIT = 2**63
 """Seeds are integers ``0 <= seed < 2**63``: every random stream's seed is derived from the
@@ -65,4 +69,38 @@ def config_problem(cfg: Any) -> str | None:
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         return f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}"
+    t = cfg.train
+    return loss_problem(
+        t.loss, continuous=cfg.model.continuous, likelihood_weighting=t.likelihood_weighting,
+        importance_sampling=t.importance_sampling,
+    ) or edm_problem(cfg)
+
+
+EDM_NETWORKS = ("unet", "mlp", "ncsnpp", "ddpm")
+"""The score networks that can take EDM's real-valued labels ``c_noise = ln(sigma) / 4``
+(negative below ``sigma = 1``) in a positional embedding; NCSN and NCSNv2 index noise levels."""
+
+
+def parametrization(cfg: Any) -> str:
+    """The network output of ``cfg``: ``model.parametrization``, or the SDE family's
+    (:data:`scoresde.core.names.NETWORK_CONVENTIONS`) when empty."""
+    return cfg.model.parametrization or NETWORK_CONVENTIONS[cfg.sde.kind][0]
+
+
+def edm_problem(cfg: Any) -> str | None:
+    """What stops an EDM-preconditioned score model (:func:`parametrization` ``"edm"``), as a
+    one-line message, or ``None``: discrete time, a network outside :data:`EDM_NETWORKS`, or
+    one that takes ``log`` of its labels (``embedding_type=fourier``) or divides by them
+    (``scale_by_sigma``): EDM's labels are ``ln(sigma) / 4``, not ``sigma``."""
+    m = cfg.model
+    if parametrization(cfg) != "edm" or m.name in ("wideresnet", "mlp_classifier"):
+        return None
+    why = f"model.parametrization=edm (sde.kind={cfg.sde.kind})"
+    if not m.continuous:
+        return f"{why} is continuous-time: it needs model.continuous=true"
+    if m.name not in EDM_NETWORKS:
+        return f"{why} needs a network with a positional embedding: {', '.join(EDM_NETWORKS)}"
+    if m.embedding_type != "positional" or m.scale_by_sigma:
+        return (f"{why} labels the network with ln(sigma) / 4: it needs "
+                "model.embedding_type=positional and model.scale_by_sigma=false")
     return None

@@ -131,6 +131,7 @@ def generate_into(
             seed=seed,
             batch_size=len(indices),
             first_index=indices.start,
+            progress=progress,  # the sampler's own bar in steps (the ODE's in time) per batch
             **overrides,
         )
         store.write(indices, x, info["nfe"])

@@ -171,7 +171,7 @@ def _steps(rule, sde, score, x_T, times, ones, generator, project, callback, pro
     prepared = rule.prepare(sde, times, options, denoise) if rule.prepare else None
     state = x_T / m(times[0] * ones, x_T.ndim) if scaled else x_T
     memory = None
-    for i in tqdm(range(n), desc=rule.progress_name, disable=not progress):
+    for i in tqdm(range(n), desc=rule.progress_name, disable=not progress, leave=False):
         t, t_next = times[i] * ones, times[i + 1] * ones
         step = Step(sde, i, n, times, t, t_next,
                     sigmas[i] * ones if scaled else None,
