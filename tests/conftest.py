@@ -152,3 +152,30 @@ def fake_cifar10_tarball(tmp_path_factory):
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     return path
+
+
+@pytest.fixture
+def poison_loss(monkeypatch):
+    """``poison_loss(k)``: the k-th loss call of training (a step with one micro-batch) returns
+    NaN; returns the call counter, which a test may reset (``counter["n"] = 0``)."""
+    import scoresde.jobs.training.objectives as objectives
+
+    real_build_loss = objectives.build_loss
+    calls = {"n": 0, "at": None}
+
+    def poisoned(cfg, sde):
+        loss_fn = real_build_loss(cfg, sde)
+
+        def loss(score_fn, x0, generator):
+            calls["n"] += 1
+            value = loss_fn(score_fn, x0, generator)
+            return value * float("nan") if calls["n"] == calls["at"] else value
+
+        return loss
+
+    def arm(at: int) -> dict:
+        calls["at"] = at
+        monkeypatch.setattr(objectives, "build_loss", poisoned)
+        return calls
+
+    return arm

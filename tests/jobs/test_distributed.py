@@ -148,23 +148,8 @@ def test_two_processes_train_the_one_process_weights_and_resume_after_sigterm(tm
     assert _max_weight_difference(straight.checkpoint, resumed_ckpt) < 1e-5
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import scoresde.jobs.training.objectives as objectives
-
-    real_build_loss = objectives.build_loss
-    calls = {"n": 0}
-
-    def poisoned(cfg, sde):
-        loss_fn = real_build_loss(cfg, sde)
-
-        def loss(score_fn, x0, generator):
-            calls["n"] += 1
-            value = loss_fn(score_fn, x0, generator)
-            return value * float("nan") if calls["n"] == 7 else value
-
-        return loss
-
-    monkeypatch.setattr(objectives, "build_loss", poisoned)
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, poison_loss, capsys):
+    calls = poison_loss(7)
     with pytest.raises(
         NonFiniteLossError,
         match="loss nan at step 7; the last good checkpoint "

@@ -161,24 +161,9 @@ def test_two_ranks_read_the_device_and_reduce_only_at_their_votes(tmp_path):
 
 
 def test_a_nan_between_votes_names_its_step_and_keeps_the_checkpoint_before_it(
-    tmp_path, monkeypatch
+    tmp_path, poison_loss
 ):
-    import scoresde.jobs.training.objectives as objectives
-
-    real_build_loss = objectives.build_loss
-    calls = {"n": 0}
-
-    def poisoned(cfg, sde):
-        loss_fn = real_build_loss(cfg, sde)
-
-        def loss(score_fn, x0, generator):
-            calls["n"] += 1
-            value = loss_fn(score_fn, x0, generator)
-            return value * float("nan") if calls["n"] == 7 else value
-
-        return loss
-
-    monkeypatch.setattr(objectives, "build_loss", poisoned)
+    poison_loss(7)
     # Votes after steps 4 (a checkpoint), 5 (sync), 8 (a checkpoint) ...: the NaN of step 7 is
     # found at the vote after step 8, before its checkpoint is written.
     cfg = apply_overrides(get_preset("toy_moons"), ["train.steps=20", "train.sync_every=5",
