@@ -44,8 +44,8 @@ imports) bounds it; the compile variants get what is left of it (each at most
 ``--smoke`` runs the same code on the CPU with tiny networks (16x16 images, ``nf`` 16, two
 levels, one residual block each), batch 2 and a few steps, with
 ``torch.compile(backend="eager")`` for the compile variants and a stand-in Inception: about
-20 s on 2 cores; ``tests/benchmarks/test_gpu_check.py`` runs it. ``--smoke --device cuda`` is the same
-on a GPU, a quick look before the full run.
+20 s on 2 cores; ``tests/benchmarks/test_gpu_check.py`` runs it. ``--smoke --device cuda`` is
+the same on a GPU, a quick look before the full run.
 
     python benchmarks/gpu_check.py                       # one GPU: at most 8 min
     python benchmarks/gpu_check.py --sections train sample --json /tmp/check.json
