@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,23 +71,20 @@ def check_out(
         if not os.access(path, os.W_OK | os.X_OK):
             raise ValueError(f"--out {out}: the folder is not writable")
         return out
-    missing = []
     while not path.exists() and path != path.parent:
-        missing.append(path)
         path = path.parent
     if not path.is_dir():
         raise ValueError(f"--out {out} cannot be created: {path} is a file, not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out} cannot be created: {path} is not writable")
-    trial = missing[-1]
+    # A trial folder of a name of its own in the nearest existing parent, never --out itself:
+    # under torchrun every rank checks at once, and none may see another's trial.
     try:
-        trial.mkdir()
-    except FileExistsError:  # made meanwhile (another rank)
-        return out
+        trial = tempfile.mkdtemp(prefix=".scoresde-check-", dir=path)
     except OSError as e:
         raise ValueError(f"--out {out} cannot be created: {e.strerror or e}") from None
     with contextlib.suppress(OSError):
-        trial.rmdir()
+        os.rmdir(trial)
     return out
 
 
