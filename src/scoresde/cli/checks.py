@@ -105,8 +105,7 @@ def run_config(checkpoint: str | Path, overrides: Iterable[str] = (), *, classif
     network. A classifier's run where a score model is wanted (or the reverse, for
     ``classifier``) is refused as :func:`scoresde.jobs.runs.load_trained` refuses it."""
     from scoresde.infra.checkpoint import CheckpointError, checkpoint_config
-    from scoresde.jobs.run_models import checkpoint_file
-    from scoresde.setup.build import is_classifier
+    from scoresde.jobs.run_models import check_run_kind, checkpoint_file
     from scoresde.setup.config import ConfigError
     from scoresde.setup.config_io import apply_overrides, config_from_dict
 
@@ -115,13 +114,7 @@ def run_config(checkpoint: str | Path, overrides: Iterable[str] = (), *, classif
         cfg = config_from_dict(checkpoint_config(path))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: its config cannot be read: {e}") from None
-    if is_classifier(cfg) != classifier:
-        kinds = ("classifier", "score model")
-        want, got = kinds if classifier else kinds[::-1]
-        hint = " (pass it as --classifier)" if got == "classifier" else ""
-        raise CheckpointError(
-            f"{path}: this is a {got} run (model.name={cfg.model.name!r}), not a {want}{hint}"
-        )
+    check_run_kind(cfg, path, classifier=classifier)
     return apply_overrides(cfg, list(overrides))
 
 

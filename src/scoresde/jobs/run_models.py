@@ -134,19 +134,23 @@ def checkpoint_file(path: str | Path) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
+def check_run_kind(cfg: Config, path: Path, *, classifier: bool) -> None:
+    """Refuse a classifier's run where a score model is wanted, or the reverse (one line)."""
+    if is_classifier(cfg) != classifier:
+        kinds = ("classifier", "score model")
+        want, got = kinds if classifier else kinds[::-1]
+        hint = " (pass it as --classifier)" if got == "classifier" else ""
+        raise CheckpointError(
+            f"{path}: this is a {got} run (model.name={cfg.model.name!r}), not a {want}{hint}"
+        )
+
+
 def _load(path: Path, device: str, use_ema: bool, classifier: bool):
     dev = resolve_device(device)
     ckpt = load_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt.config)
-        if is_classifier(cfg) != classifier:
-            kinds = ("classifier", "score model")
-            want, got = kinds if classifier else kinds[::-1]
-            hint = " (pass it as --classifier)" if got == "classifier" else ""
-            raise CheckpointError(
-                f"{path}: this is a {got} run (model.name={cfg.model.name!r}), "
-                f"not a {want}{hint}"
-            )
+        check_run_kind(cfg, path, classifier=classifier)
         model = build_model(cfg)
         use = use_ema and ckpt.ema is not None
         weights = ema_model_state_dict(ckpt.ema) if use else ckpt.model
