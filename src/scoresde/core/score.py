@@ -315,14 +315,13 @@ class ScoreModel(nn.Module):
 
 
 def _default_labels(sde: SDE, parametrization: str) -> str:
-    """``"c_noise"`` for ``"edm"``; else the family's labels, where a family whose networks
-    are EDM-preconditioned (EDM's SDE) gives ``"sigma"`` if VE, ``"time"`` otherwise."""
+    """``"c_noise"`` for ``"edm"``; else the family's labels (``sde.network_convention``),
+    except that a network of the EDM family asked for another output takes ``"sigma"``: EDM's
+    SDE is variance exploding, and VE networks are conditioned on sigma."""
     if parametrization == "edm":
         return "c_noise"
     family = sde.network_convention[1]
-    if family != "c_noise":
-        return family
-    return "sigma" if is_variance_exploding(sde) else "time"
+    return "sigma" if family == "c_noise" else family
 
 
 def _check_edm(parametrization: str, labels: str, continuous: bool, sigma_data: float) -> None:

@@ -31,9 +31,7 @@ def sample_for_method(sample: Any, method: str | None) -> Any:
     given together with the method (``--set sample.num_steps=N``, ``generate(...,
     num_steps=N)``) are applied after this.
     """
-    if method is None or method == sample.method:
-        return sample
-    return sample.updated(method=method)
+    return sample if method is None else sample.updated(method=method)
 
 
 def sampler_defaults_text() -> str:

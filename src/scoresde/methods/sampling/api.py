@@ -202,7 +202,5 @@ dpmpp_2m_sampler = sampler_function("dpmpp_2m")
 dpmpp_3m_sampler = sampler_function("dpmpp_3m")
 edm_stochastic_sampler = sampler_function("edm")
 adaptive_sde_sampler = sampler_function("adaptive")
-ode_sampler = sampler_function("ode")
-pc_sampler = sampler_function("pc")
 
 assert tuple(SAMPLERS) == SAMPLER_NAMES
