@@ -8,6 +8,8 @@ its table, and every check and message follows.
 from __future__ import annotations
 
 SDE_NAMES = ("ve", "vp", "subvp", "edm")
+"""The forward SDEs ``sde.kind`` names (:func:`scoresde.setup.build.build_sde`): VE, VP, sub-VP
+and EDM's ``sigma(t) = t`` (:class:`scoresde.core.sdes.EDMSDE`)."""
 
 NETWORK_CONVENTIONS: dict[str, tuple[str, str]] = {
     "ve": ("score", "sigma"),
@@ -19,8 +21,6 @@ NETWORK_CONVENTIONS: dict[str, tuple[str, str]] = {
 ``(parametrization, labels)``: what its networks output and what they are conditioned on. The
 SDE classes' ``network_convention`` reads it (:class:`scoresde.ScoreModel` takes the defaults
 from the SDE), and the torch-free config rules read it by ``sde.kind``."""
-"""The forward SDEs ``sde.kind`` names (:func:`scoresde.setup.build.build_sde`): VE, VP, sub-VP
-and EDM's ``sigma(t) = t`` (:class:`scoresde.core.sdes.EDMSDE`)."""
 
 PARAMETRIZATION_NAMES = ("score", "eps", "edm")
 """What a score network outputs (``model.parametrization``,
@@ -28,6 +28,11 @@ PARAMETRIZATION_NAMES = ("score", "eps", "edm")
 
 LOSS_NAMES = ("dsm", "edm")
 """The continuous-time losses (``train.loss``, :data:`scoresde.methods.losses.LOSSES`)."""
+
+TRAINING_NAMES = ("edm", "paper")
+"""How ``scoresde demo`` trains (``--training``): EDM's preconditioning and loss for the chosen
+SDE (:func:`scoresde.setup.presets.edm.edm_training`), or the paper's continuous DSM with the
+SDE family's network convention (the ``digits_<sde>`` preset as it is)."""
 
 
 def loss_problem(

@@ -58,4 +58,26 @@ def edm_cifar10_ddpmpp() -> Config:
     )
 
 
+EDM_TRAINING: dict[str, object] = {
+    "model.parametrization": "edm",
+    "model.embedding_type": "positional",
+    "model.scale_by_sigma": False,
+    "train.loss": "edm",
+}
+"""What :func:`edm_training` sets: EDM's preconditioning (labels ``ln(sigma) / 4`` through the
+positional embedding, no ``1 / sigma`` output scaling) and EDM's loss."""
+
+
+def edm_training(cfg: Config) -> Config:
+    """``cfg`` trained EDM's way (Karras et al., 2022, Table 1): the preconditioning
+    ``D = c_skip y + c_out F(c_in y; ln(sigma) / 4)`` with ``model.sigma_data`` and the loss
+    with ``ln sigma ~ N(train.P_mean, train.P_std^2)`` (:data:`EDM_TRAINING`), for any SDE; the
+    SDE, network, data, optimiser and sampler stay as they are (``docs/edm.md``)."""
+    sections: dict[str, dict[str, object]] = {}
+    for key, value in EDM_TRAINING.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    return replace(cfg, **{s: replace(getattr(cfg, s), **kw) for s, kw in sections.items()})
+
+
 EDM_PRESETS = {"edm_cifar10_ddpmpp": edm_cifar10_ddpmpp}
