@@ -65,6 +65,23 @@ def test_train_writes_checkpoint_and_config(toy_checkpoint):
     assert cfg["train"]["steps"] == 30 and cfg["data"]["dataset"] == "moons"
 
 
+def test_train_edm_training_is_the_library_recipe(tmp_path, capsys):
+    """``--edm-training`` is :func:`edm_training` of the preset, before ``--set``: here on VE,
+    whose digits preset has a Fourier embedding and sigma scaling that EDM's labels replace."""
+    from scoresde.setup.config_io import load_config
+    from scoresde.setup.presets import get_preset
+    from scoresde.setup.presets.edm import edm_training
+
+    code, _, _ = _run(capsys, "train", "--preset", "digits_ve", "--edm-training", "--out",
+                      str(tmp_path), "--steps", "2", "--no-progress", "--device", "cpu",
+                      "--set", "train.batch_size=8", "--set", "train.lr=1e-4")
+    assert code == 0
+    cfg = load_config(tmp_path / "config.json")
+    expected = edm_training(get_preset("digits_ve"))
+    assert cfg.model == expected.model and cfg.sde == expected.sde
+    assert (cfg.train.loss, cfg.train.batch_size, cfg.train.lr) == ("edm", 8, 1e-4)
+
+
 @pytest.mark.parametrize("method", ["pc", "ode"])
 def test_sample_writes_arrays_and_png(method, toy_checkpoint, tmp_path, capsys):
     code, out, _ = _run(
@@ -155,6 +172,9 @@ def test_corrupt_checkpoint_is_one_line_error_and_left_alone(toy_checkpoint, tmp
         ["train", "--preset", "toy_moons", "--out", "x", "--set", "train.steps=many"],
         ["sample", "--checkpoint"],
         ["demo", "--sde", "vv"],
+        ["demo", "--training", "dsm"],
+        ["demo", "--sde", "edm", "--training", "paper"],
+        ["demo", "--num-samples", "1"],
         ["frobnicate"],
     ],
 )
@@ -217,7 +237,22 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     ):
         assert key in report
     assert report["train_steps"] == 20 and report["pc_steps"] == 30
-    assert report["fast_nfe"] == 19  # the fast sampler: 9 Heun steps and the denoising step
+    assert report["fast_nfe"] == 19  # the fast sampler: 9 EDM steps and the denoising step
+    assert report["training"] == "edm" and report["parametrization"] == "edm"
+    assert report["fast_method"] == "edm"
+    assert report["fast_sampler_options"] == {"num_steps": 9, "s_churn": 1.0}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["loss"] == "edm" and config["train"]["ema_decay"] == 0.999
+    # The report's fast sampler, given to `scoresde sample`, draws the same 64 samples again.
+    again = tmp_path / "again"
+    redraw = ["--method", report["fast_method"]]
+    for key, value in report["fast_sampler_options"].items():
+        redraw += ["--set", f"sample.{key}={value}"]
+    code, _, _ = _run(capsys, "sample", "--checkpoint", str(tmp_path), "--out", str(again),
+                      "--device", "cpu", "--no-progress", *redraw)
+    assert code == 0
+    np.testing.assert_allclose(np.load(again / "samples.npy")[:, 0],
+                               np.load(tmp_path / "samples_fast.npy"), rtol=0, atol=1e-6)
     assert 0 < report["test_bpd"] < 20
     for name in (
         "samples_pc.png",
@@ -229,7 +264,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         "config.json",
     ):
         assert (tmp_path / name).exists(), name
-    for name in ("samples_pc.npy", "samples_ode.npy"):
+    for name in ("samples_fast.npy", "samples_pc.npy", "samples_ode.npy"):
         arr = np.load(tmp_path / name)
         assert arr.shape == (64, 8, 8) and arr.min() >= 0 and arr.max() <= 1
 

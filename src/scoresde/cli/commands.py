@@ -47,8 +47,10 @@ def _cmd_demo(a) -> int:
 
     if a.steps is not None:
         check_count("--steps", a.steps, 1)
+    check_count("--num-samples", a.num_samples, 2)
     cfg = demo_config(
         a.sde,
+        training=a.training,
         steps=a.steps,
         minutes=a.minutes or 0.0,
         seed=0 if a.seed is None else a.seed,
@@ -58,11 +60,13 @@ def _cmd_demo(a) -> int:
     check_out(a.out, [DEMO_REPORT], overwrite=a.overwrite, what="a finished demo")
     check_data(cfg, ["train", "test"])
     set_threads_for_training(a, cfg)
-    report = run_demo(cfg, a.out, progress=not a.no_progress, overwrite=a.overwrite)
+    report = run_demo(
+        cfg, a.out, num_samples=a.num_samples, progress=not a.no_progress, overwrite=a.overwrite
+    )
     print(json.dumps(report, indent=2))
     _report_training("demo", report["train_stopped_by"], report["train_steps"])
     print(
-        f"wrote {a.out}/samples_pc.png, samples_ode.png, samples_fast.png, inpainting.png, "
+        f"wrote {a.out}/samples_fast.png, samples_pc.png, samples_ode.png, inpainting.png, "
         "loss.png, report.json"
     )
     return 0
@@ -88,6 +92,10 @@ def _training_config(a, *, classifier: bool):
     cfg = get_preset(a.preset) if a.preset else load_config(a.config)
     if classifier and not is_classifier(cfg):
         cfg = classifier_preset(cfg)
+    if getattr(a, "edm_training", False):
+        from scoresde.setup.presets.edm import edm_training
+
+        cfg = edm_training(cfg)
     return apply_overrides(cfg, run_overrides(a))
 
 

@@ -31,8 +31,11 @@ sampler: sample.method of a sampler that can project (default pc, 1000 steps), w
 
 DEMO_NOTES = """\
 files: checkpoint.safetensors, config.json, metrics.jsonl, tensorboard/, loss.png, and after
-  training samples_pc.png / samples_ode.png / samples_fast.png with samples_{pc,ode,fast}.npy
-  (64 samples each), inpainting.png and report.json (sample quality, test bits/dim, timings).
+  training samples_fast.png (EDM's sampler, 19 NFE) / samples_pc.png (PC, 2001 NFE) /
+  samples_ode.png with samples_{fast,pc,ode}.npy (--num-samples each, 64 by default; the
+  pictures show the first 64), inpainting.png and report.json (sample
+  quality, test bits/dim, timings; fast_method and fast_sampler_options redraw the fast
+  samples: scoresde sample --checkpoint OUT --out DIR --method M --set sample.K=V ...).
 resume: running the same command again resumes an interrupted demo; a finished one (its
   report.json) is refused unless --overwrite (scoresde train refuses it too).
 interrupt: Ctrl-C or SIGTERM saves a checkpoint at the next training step (status 130 / 143).

@@ -17,9 +17,11 @@ from scoresde.cli.notes import (
     sample_notes,
     train_notes,
 )
+from scoresde.core.names import SDE_NAMES, TRAINING_NAMES
+from scoresde.jobs.demo import DEMO_TRAINING
 
 EXAMPLES = {
-    "demo": "example: scoresde demo --sde subvp --out runs/demo --steps 1800",
+    "demo": "example: scoresde demo --sde subvp --out runs/demo --training paper --steps 1800",
     "train": "example: scoresde train --preset toy_moons --out runs/moons --set train.steps=2000",
     "train-classifier": "example: scoresde train-classifier --preset digits_subvp "
     "--out runs/classifier",
@@ -105,13 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     d = add(
-        "demo", "Train on 8x8 digits, sample (PC, ODE, Heun), test bits/dim, inpaint.", DEMO_NOTES
+        "demo", "Train on 8x8 digits, sample (19 NFE, PC, ODE), test bits/dim, inpaint.", DEMO_NOTES
     )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    d.add_argument("--sde", default="subvp", choices=["ve", "vp", "subvp", "edm"])
-    d.add_argument("--steps", type=int, help="training steps (default: 1800)")
+    d.add_argument("--sde", default="subvp", choices=SDE_NAMES)
+    d.add_argument(
+        "--training",
+        default="edm",
+        choices=TRAINING_NAMES,
+        help="edm: EDM's preconditioning and loss (default); paper: the paper's DSM",
+    )
+    steps = ", ".join(f"{v['steps']} with {k}" for k, v in DEMO_TRAINING.items())
+    d.add_argument("--steps", type=int, help=f"training steps (default: {steps})")
     d.add_argument(
         "--minutes", type=finite_float, help="optional cap on training wall time (default: none)"
+    )
+    d.add_argument(
+        "--num-samples",
+        type=int,
+        default=64,
+        help="samples per sampler, all measured (default 64; the pictures show the first 64)",
     )
     runtime(d, "sample.num_steps=500")
     overwrite(d, "a finished demo")
@@ -131,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a name from `scoresde presets`",
         "a config.json (e.g. from an earlier run)",
         "train.lr=1e-4",
+    )
+    t.add_argument(
+        "--edm-training",
+        action="store_true",
+        help="train EDM's way: its preconditioning and loss on the preset's or config's SDE "
+        "(model.parametrization=edm, positional embedding, no sigma scaling, train.loss=edm), "
+        "before --set",
     )
 
     tc = add(

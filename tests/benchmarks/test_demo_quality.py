@@ -1,0 +1,43 @@
+"""The demo-quality benchmark's block statistics (``benchmarks/demo_quality.py``): the FD and
+IS of all images and the mean and standard error over disjoint blocks, on a stand-in metric
+whose values are worked out by hand."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("demo_quality")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_block_statistics(bench, monkeypatch):
+    # stand-in metrics: FD = the mean pixel value, IS = the number of images
+    def fake_quality(cfg, images, *, seed):
+        assert seed == 7
+        return {"metrics": {"fid": float(images.mean()), "is": float(images.shape[0])}}
+
+    monkeypatch.setattr(bench, "sample_quality", fake_quality)
+    values = torch.tensor([1.0, 2.0, 6.0, 0.0])  # one value per block of 2 images
+    images = values.repeat_interleave(2 * 64).reshape(8, 1, 8, 8)
+    images = torch.cat([images, torch.full((1, 1, 8, 8), 9.0)])  # a ninth, in no block
+    row = bench.block_quality(None, images, 2, 7)
+    assert row["n"] == 9 and row["blocks"] == 4 and row["is"] == 9.0
+    assert row["fd"] == pytest.approx((2 * 9.0 + 9.0) / 9)
+    assert row["fd_2"] == pytest.approx(2.25) and row["is_2"] == 2.0
+    # sample variance of (1, 2, 6, 0): (1.5625 + 0.0625 + 14.0625 + 5.0625) / 3 = 20.75 / 3
+    assert row["fd_2_se"] == pytest.approx(math.sqrt(20.75 / 3 / 4))
+    assert row["is_2_se"] == 0.0
