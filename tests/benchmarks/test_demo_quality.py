@@ -4,24 +4,15 @@ whose values are worked out by hand."""
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("demo_quality")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(load_benchmark):
+    return load_benchmark("demo_quality")
 
 
 def test_block_statistics(bench, monkeypatch):

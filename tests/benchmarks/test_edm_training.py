@@ -4,23 +4,14 @@ hand-made per-seed reports whose answers are worked out by hand."""
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("edm_training")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(load_benchmark):
+    return load_benchmark("edm_training")
 
 
 def _cell(fid: float, at_real: float | None = None) -> dict[str, float]:

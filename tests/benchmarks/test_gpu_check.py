@@ -11,7 +11,6 @@ time budget) and the 80 GB verdict are checked on made-up rows.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -63,13 +62,9 @@ def smoke(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
+def gpu_check(load_benchmark):
     """The script as a module (it imports its sibling ``_common``)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_benchmark("gpu_check")
 
 
 def test_smoke_writes_every_section_with_the_device_and_versions(smoke):

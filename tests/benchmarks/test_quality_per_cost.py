@@ -11,10 +11,7 @@ Gaussian).
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,17 +22,12 @@ from scoresde.core.mixture import GaussianMixture, mixture_score_fn
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 F64 = torch.float64
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def qpc():
+def qpc(load_benchmark):
     """The benchmark script as a module (it imports its sibling ``_quality_report``)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("quality_per_cost")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_benchmark("quality_per_cost")
 
 
 def test_energy_distance_of_small_sets(qpc):
