@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,17 @@ def poison_loss(monkeypatch):
         return calls
 
     return arm
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def load_benchmark():
+    """``load_benchmark("name")`` imports ``benchmarks/name.py`` as a module, with the scripts'
+    folder on ``sys.path`` (they import their siblings) for the test module."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
