@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from scoresde.jobs.demo import demo_quality_config
 from scoresde.jobs.evaluation.evaluate import sample_quality
 from scoresde.jobs.runs import load_trained
 from scoresde.setup.data.pipeline import load_split
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         report = json.loads((folder / "report.json").read_text())
         run = load_trained(folder / "checkpoint.safetensors", device="cpu")
-        cfg = replace(run.cfg, eval=replace(run.cfg.eval, features="digits",
-                                            metrics=("fid", "is"), is_splits=1))
+        cfg = demo_quality_config(run.cfg)
         for name in SAMPLERS:
             images = torch.from_numpy(np.load(folder / f"samples_{name}.npy"))[:, None]
             row = block_quality(cfg, images, b, run.cfg.seed)

@@ -148,9 +148,7 @@ def run_demo(
 
     # Sample quality in the feature space of the package's digits classifier, beside the same
     # metrics of as many real held-out digits (at most the test split's 359).
-    quality_cfg = replace(
-        cfg, eval=replace(cfg.eval, features="digits", metrics=("fid", "is"), is_splits=1)
-    )
+    quality_cfg = demo_quality_config(cfg)
     with stage("quality"):
         quality = {
             name: sample_quality(quality_cfg, images, device=run.device, seed=cfg.seed)
@@ -208,6 +206,14 @@ def run_demo(
     }
     atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def demo_quality_config(cfg: Config) -> Config:
+    """``cfg`` with the demo's quality settings: FD and the IS analogue (one split) in the
+    feature space of the package's digits classifier."""
+    return replace(
+        cfg, eval=replace(cfg.eval, features="digits", metrics=("fid", "is"), is_splits=1)
+    )
 
 
 def _stages(seconds: dict[str, float]):
